@@ -1,0 +1,36 @@
+# Two commands a researcher needs: `make train` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -c constraints.txt
+ARGS   ?=
+
+.PHONY: install install-dev train test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed          ## create .venv and install the project
+
+install-dev: $(VENV)/.installed-dev  ## ... with the test/lint/benchmark extras
+
+train: install                        ## train the default experiment (Omniglot); ARGS="..." for overrides
+	$(VENV)/bin/dml-train $(ARGS)
+
+test: install-dev                     ## lint + the whole test suite
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(ARGS)
+
+bench: install-dev                    ## all benchmarks (print ratios against the named peers)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs multirun outputs
