@@ -1,0 +1,134 @@
+"""Base classes of the losses: the call contract, per-batch statistics and triplet plumbing.
+
+Contract (the LightningModule relies on it): ``loss(embeddings [B, d], labels [B]) -> scalar``;
+afterwards ``loss.stats`` holds detached 0-d tensors and ``loss.triplet_similarities`` the cosine
+``(S_ap, S_an)`` of the triplets used (``None`` for pair losses). A batch without any usable tuple
+returns ``embeddings.sum() * 0``, a zero that still backpropagates.
+
+Statistics are always measured in cosine similarity, whatever measure the loss or miner uses:
+
+* ``mean_pairwise_sim``: mean cosine over all off-diagonal pairs (the collapse indicator);
+* triplet losses: ``hard_fraction`` (fraction of used triplets with S_an > S_ap), ``mean_s_ap``,
+  ``mean_s_an``, ``active_fraction`` (fraction of used triplets whose term has non-zero
+  gradient), ``num_triplets``;
+* pair losses: ``mean_s_ap`` / ``mean_s_an`` over the used positive / negative pairs and
+  ``active_fraction`` = pairs with non-zero gradient / all off-diagonal pairs of the batch.
+
+Means over an empty set are NaN.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dml.distances import CosineSimilarity, Distance, get_distance
+from dml.miners.base import Miner, TripletMiner
+
+Reduction = Literal["mean", "mean_nonzero"]
+
+_COSINE = CosineSimilarity()
+
+
+def reduce_terms(terms: Tensor, reduction: Reduction) -> Tensor:
+    """``"mean"``: the mean of ``terms``; ``"mean_nonzero"``: their sum over the number of
+    non-zero terms (the "batch all ≠ 0" average of Hermans et al. 2017), 0 if all are zero."""
+    if reduction == "mean":
+        return terms.mean()
+    if reduction == "mean_nonzero":
+        return terms.sum() / (terms != 0).sum().clamp_min(1)
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def _mean(values: Tensor) -> Tensor:
+    return values.float().mean() if values.numel() else values.new_tensor(float("nan")).float()
+
+
+class DMLLoss(nn.Module, ABC):
+    """A metric-learning loss ``L(embeddings, labels)`` that records per-batch statistics.
+
+    Subclasses implement :meth:`compute`, which receives the detached cosine matrix used for the
+    statistics, and may add entries to ``self.stats``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict[str, Tensor] = {}
+        self.triplet_similarities: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            cosine = _COSINE.pairwise(embeddings.detach())
+        batch = cosine.shape[0]
+        off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=cosine.device)
+        self.stats = {"mean_pairwise_sim": _mean(cosine[off_diagonal])}
+        self.triplet_similarities = None
+        return self.compute(embeddings, labels, cosine)
+
+    @abstractmethod
+    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
+        """The loss value; ``cosine`` is the detached B×B cosine matrix of ``embeddings``."""
+
+    @staticmethod
+    def mining_matrix(
+        miner: Miner, embeddings: Tensor, matrix: Tensor, distance: Distance, cosine: Tensor
+    ) -> Tensor:
+        """The detached matrix of ``miner.distance``, reusing ``matrix`` (of ``distance``) or
+        ``cosine`` when the miner measures the same way."""
+        if miner.distance == distance:
+            return matrix.detach()
+        if miner.distance == _COSINE:
+            return cosine
+        with torch.no_grad():
+            return miner.distance.pairwise(embeddings.detach())
+
+
+class TripletLoss(DMLLoss):
+    """Mean of a per-triplet term ``ℓ(m_ap, m_an)`` over the triplets chosen by ``miner``.
+
+    ``m`` is the loss's own measure ``distance`` (the miner may use another one). Subclasses
+    implement :meth:`triplet_terms` and may restrict the triplets in :meth:`valid`.
+    """
+
+    def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
+        super().__init__()
+        self.miner = miner
+        self.distance = get_distance(distance)
+
+    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
+        matrix = self.distance.pairwise(embeddings)
+        mining = self.mining_matrix(self.miner, embeddings, matrix, self.distance, cosine)
+        a, p, n = self.miner.mine(mining, labels)
+        m_ap, m_an = matrix[a, p], matrix[a, n]
+        keep = self.valid(m_ap.detach(), m_an.detach())
+        if keep is not None:
+            a, p, n, m_ap, m_an = a[keep], p[keep], n[keep], m_ap[keep], m_an[keep]
+        s_ap, s_an = cosine[a, p], cosine[a, n]
+        self.triplet_similarities = (s_ap, s_an)
+        self.stats.update(
+            hard_fraction=_mean(s_an > s_ap),
+            mean_s_ap=_mean(s_ap),
+            mean_s_an=_mean(s_an),
+            num_triplets=torch.tensor(float(a.numel())),
+        )
+        if a.numel() == 0:
+            self.stats["active_fraction"] = torch.tensor(float("nan"))
+            return embeddings.sum() * 0
+        terms, active = self.triplet_terms(m_ap, m_an)
+        self.stats["active_fraction"] = _mean(active)
+        return self.reduce(terms)
+
+    def valid(self, m_ap: Tensor, m_an: Tensor) -> Tensor | None:
+        """Boolean mask of the mined triplets the loss uses (``None``: all of them)."""
+        return None
+
+    def reduce(self, terms: Tensor) -> Tensor:
+        """Scalar from the per-triplet terms (the mean unless overridden)."""
+        return terms.mean()
+
+    @abstractmethod
+    def triplet_terms(self, m_ap: Tensor, m_an: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-triplet loss terms and the boolean mask of terms with non-zero gradient."""

@@ -1,0 +1,69 @@
+"""Miner interfaces: select index tuples from a pairwise matrix and the labels of a batch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from dml.distances import Distance, get_distance
+
+Triplets = tuple[Tensor, Tensor, Tensor]
+"""``(a, p, n)``: LongTensors of equal length; ``labels[a] == labels[p] != labels[n]``."""
+
+Pairs = tuple[Tensor, Tensor, Tensor, Tensor]
+"""``(a1, p, a2, n)``: positive pairs ``(a1, p)`` and negative pairs ``(a2, n)``."""
+
+
+def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(positive, negative)`` boolean B×B masks: same label off the diagonal / other label."""
+    same = labels[:, None] == labels[None, :]
+    positive = same.clone().fill_diagonal_(False)
+    return positive, ~same
+
+
+def masked_argmax(score: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, the index of the largest ``score`` where ``mask`` holds (first one on ties).
+
+    Returns ``(index, found)``; rows without any allowed entry have ``found = False`` and an
+    arbitrary index.
+    """
+    masked = score.masked_fill(~mask, float("-inf"))
+    return masked.argmax(dim=1), mask.any(dim=1)
+
+
+class Miner(ABC):
+    """Selects tuples from a batch using ``distance`` (a name for :func:`get_distance` or an
+    instance) to decide what is close. Call it on embeddings, or use :meth:`mine` on a matrix
+    already computed with ``self.distance``. Mining never carries gradients.
+    """
+
+    def __init__(self, distance: str | Distance = "cosine") -> None:
+        self.distance = get_distance(distance)
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets | Pairs:
+        with torch.no_grad():
+            matrix = self.distance.pairwise(embeddings.detach())
+        return self.mine(matrix, labels)
+
+    @abstractmethod
+    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets | Pairs:
+        """Select tuples given the B×B matrix of ``self.distance`` and the B labels."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(distance={self.distance})"
+
+
+class TripletMiner(Miner):
+    """A miner returning :data:`Triplets`."""
+
+    @abstractmethod
+    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets: ...
+
+
+class PairMiner(Miner):
+    """A miner returning :data:`Pairs`."""
+
+    @abstractmethod
+    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs: ...

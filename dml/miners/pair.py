@@ -1,0 +1,43 @@
+"""Pair miners: all pairs, and multi-similarity pair mining (Wang et al. CVPR 2019, Eq. 7-8)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dml.distances import Distance
+from dml.miners.base import PairMiner, Pairs, label_masks
+
+
+class AllPairsMiner(PairMiner):
+    """Every positive pair (same label, ``a != p``) and every negative pair (other label)."""
+
+    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
+        positive, negative = label_masks(labels)
+        return (*positive.nonzero(as_tuple=True), *negative.nonzero(as_tuple=True))
+
+
+class MultiSimilarityMiner(PairMiner):
+    """Multi-similarity pair mining (Wang et al. CVPR 2019, Eq. 7 and 8), with closeness ``c``:
+
+        keep negative (i, j)  iff  c_ij + epsilon > min_{k in P_i} c_ik
+        keep positive (i, j)  iff  c_ij - epsilon < max_{k in N_i} c_ik
+
+    An anchor without positives keeps no negative and vice versa.
+    """
+
+    def __init__(self, epsilon: float = 0.1, distance: str | Distance = "cosine") -> None:
+        super().__init__(distance)
+        self.epsilon = epsilon
+
+    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
+        close = self.distance.closeness(matrix)
+        positive, negative = label_masks(labels)
+        hardest_pos = close.masked_fill(~positive, torch.inf).amin(dim=1, keepdim=True)
+        hardest_neg = close.masked_fill(~negative, -torch.inf).amax(dim=1, keepdim=True)
+        keep_neg = negative & (close + self.epsilon > hardest_pos)
+        keep_pos = positive & (close - self.epsilon < hardest_neg)
+        return (*keep_pos.nonzero(as_tuple=True), *keep_neg.nonzero(as_tuple=True))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(epsilon={self.epsilon}, distance={self.distance})"

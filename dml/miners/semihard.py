@@ -1,0 +1,38 @@
+"""FaceNet semi-hard negative mining (Schroff et al. CVPR 2015, Sec. 3.2)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dml.distances import Distance
+from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
+
+
+class FaceNetSemiHardMiner(TripletMiner):
+    """For every positive pair ``(a, p)``, the closest negative still farther than ``p``:
+
+        n* = argmax_n c(a, n)  subject to  c(a, p) - margin < c(a, n) < c(a, p),
+
+    with ``c`` the closeness of ``distance`` (for a distance: d_ap < d_an < d_ap + margin).
+    ``margin = None`` drops the band (any negative farther than the positive). Pairs without
+    such a negative yield no triplet; ties go to the lowest index. Memory O(P·B) for P pairs.
+    """
+
+    def __init__(self, margin: float | None = 0.2, distance: str | Distance = "cosine") -> None:
+        super().__init__(distance)
+        self.margin = margin
+
+    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets:
+        close = self.distance.closeness(matrix)
+        positive, negative = label_masks(labels)
+        a, p = positive.nonzero(as_tuple=True)
+        row = close[a]
+        c_ap = close[a, p][:, None]
+        allowed = negative[a] & (row < c_ap)
+        if self.margin is not None:
+            allowed &= row > c_ap - self.margin
+        n, found = masked_argmax(row, allowed)
+        return a[found], p[found], n[found]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(margin={self.margin}, distance={self.distance})"
