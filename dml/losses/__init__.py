@@ -1,6 +1,22 @@
-"""Losses: every class is a :class:`DMLLoss` called as ``loss(embeddings, labels)``."""
+"""Losses: every class is a :class:`DMLLoss` called as ``loss(embeddings, labels)``.
 
-from dml.losses.base import DMLLoss, TripletLoss
+:mod:`dml.losses.pml` (the pytorch-metric-learning bridge) is not imported here: PML is optional.
+"""
+
+from dml.losses.base import DMLLoss, PairLoss, TripletLoss
+from dml.losses.contrastive import ContrastiveLoss
+from dml.losses.multisimilarity import MultiSimilarityLoss
+from dml.losses.nca import NCATripletLoss
+from dml.losses.sct import SCTLoss
 from dml.losses.triplet_margin import MarginTripletLoss
 
-__all__ = ["DMLLoss", "MarginTripletLoss", "TripletLoss"]
+__all__ = [
+    "ContrastiveLoss",
+    "DMLLoss",
+    "MarginTripletLoss",
+    "MultiSimilarityLoss",
+    "NCATripletLoss",
+    "PairLoss",
+    "SCTLoss",
+    "TripletLoss",
+]

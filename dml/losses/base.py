@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from dml.distances import CosineSimilarity, Distance, get_distance
-from dml.miners.base import Miner, TripletMiner
+from dml.miners.base import Miner, PairMiner, TripletMiner
+from dml.miners.pair import AllPairsMiner
 
 Reduction = Literal["mean", "mean_nonzero"]
 
@@ -72,6 +73,16 @@ class DMLLoss(nn.Module, ABC):
     def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
         """The loss value; ``cosine`` is the detached B×B cosine matrix of ``embeddings``."""
 
+    def record_triplets(self, s_ap: Tensor, s_an: Tensor) -> None:
+        """Store the cosine ``(S_ap, S_an)`` of the triplets used and their statistics."""
+        self.triplet_similarities = (s_ap, s_an)
+        self.stats.update(
+            hard_fraction=_mean(s_an > s_ap),
+            mean_s_ap=_mean(s_ap),
+            mean_s_an=_mean(s_an),
+            num_triplets=torch.tensor(float(s_ap.numel())),
+        )
+
     @staticmethod
     def mining_matrix(
         miner: Miner, embeddings: Tensor, matrix: Tensor, distance: Distance, cosine: Tensor
@@ -106,14 +117,7 @@ class TripletLoss(DMLLoss):
         keep = self.valid(m_ap.detach(), m_an.detach())
         if keep is not None:
             a, p, n, m_ap, m_an = a[keep], p[keep], n[keep], m_ap[keep], m_an[keep]
-        s_ap, s_an = cosine[a, p], cosine[a, n]
-        self.triplet_similarities = (s_ap, s_an)
-        self.stats.update(
-            hard_fraction=_mean(s_an > s_ap),
-            mean_s_ap=_mean(s_ap),
-            mean_s_an=_mean(s_an),
-            num_triplets=torch.tensor(float(a.numel())),
-        )
+        self.record_triplets(cosine[a, p], cosine[a, n])
         if a.numel() == 0:
             self.stats["active_fraction"] = torch.tensor(float("nan"))
             return embeddings.sum() * 0
@@ -132,3 +136,34 @@ class TripletLoss(DMLLoss):
     @abstractmethod
     def triplet_terms(self, m_ap: Tensor, m_an: Tensor) -> tuple[Tensor, Tensor]:
         """Per-triplet loss terms and the boolean mask of terms with non-zero gradient."""
+
+
+class PairLoss(DMLLoss):
+    """Loss over the positive pairs ``(a1, p)`` and negative pairs ``(a2, n)`` from ``miner``
+    (default: all pairs), in the loss's measure ``distance``. Subclasses implement
+    :meth:`pair_loss`."""
+
+    def __init__(self, miner: PairMiner | None, distance: str | Distance = "cosine") -> None:
+        super().__init__()
+        self.distance = get_distance(distance)
+        self.miner = miner if miner is not None else AllPairsMiner(self.distance)
+
+    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
+        matrix = self.distance.pairwise(embeddings)
+        mining = self.mining_matrix(self.miner, embeddings, matrix, self.distance, cosine)
+        a1, p, a2, n = self.miner.mine(mining, labels)
+        self.stats.update(mean_s_ap=_mean(cosine[a1, p]), mean_s_an=_mean(cosine[a2, n]))
+        if a1.numel() + a2.numel() == 0:
+            self.stats["active_fraction"] = torch.tensor(0.0)
+            return embeddings.sum() * 0
+        loss, active = self.pair_loss(matrix, a1, p, a2, n)
+        batch = labels.numel()
+        self.stats["active_fraction"] = active.detach().float().cpu() / max(batch * (batch - 1), 1)
+        return loss
+
+    @abstractmethod
+    def pair_loss(
+        self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The loss from the B×B matrix and the pairs, and the number of pairs with non-zero
+        gradient (a 0-d tensor)."""

@@ -1,0 +1,48 @@
+"""Contrastive (pair) loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dml.distances import Distance
+from dml.losses.base import PairLoss, Reduction, reduce_terms
+from dml.miners.base import PairMiner
+
+
+class ContrastiveLoss(PairLoss):
+    """Contrastive loss (Hadsell, Chopra & LeCun CVPR 2006), hinge form with two margins:
+
+        L = R_{(i,j) ∈ P} max(0, d_ij - m_pos) + R_{(i,j) ∈ N} max(0, m_neg - d_ij)
+
+    written with the closeness ``c`` of ``distance`` (for a similarity: max(0, m_pos - S_ij)
+    and max(0, S_ij - m_neg)). P / N are the positive / negative pairs from ``miner`` (default
+    all pairs) and R the ``reduction`` of each sum, ``"mean_nonzero"`` by default (each part
+    averaged over its non-zero terms, as pytorch-metric-learning's ContrastiveLoss).
+    """
+
+    def __init__(
+        self,
+        pos_margin: float = 0.0,
+        neg_margin: float = 1.0,
+        miner: PairMiner | None = None,
+        distance: str | Distance = "euclidean",
+        reduction: Reduction = "mean_nonzero",
+    ) -> None:
+        super().__init__(miner, distance)
+        self.pos_margin = pos_margin
+        self.neg_margin = neg_margin
+        self.reduction = reduction
+
+    def pair_loss(
+        self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        close = self.distance.closeness
+        pos = F.relu(close(self.pos_margin) - close(matrix[a1, p]))
+        neg = F.relu(close(matrix[a2, n]) - close(self.neg_margin))
+        loss = reduce_terms(pos, self.reduction) if pos.numel() else matrix.sum() * 0
+        if neg.numel():
+            loss = loss + reduce_terms(neg, self.reduction)
+        active = torch.count_nonzero(pos) + torch.count_nonzero(neg)
+        return loss, active

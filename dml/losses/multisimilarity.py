@@ -1,0 +1,56 @@
+"""Multi-similarity loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dml.losses.base import PairLoss
+from dml.miners.base import PairMiner
+from dml.miners.pair import MultiSimilarityMiner
+
+
+def _log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
+    """Per row ``log(1 + Σ_{j: mask_ij} exp(x_ij))``, computed stably (0 for empty rows)."""
+    masked = x.masked_fill(~mask, float("-inf"))
+    zeros = x.new_zeros(x.shape[0], 1)
+    return torch.logsumexp(torch.cat([masked, zeros], dim=1), dim=1)
+
+
+def _pair_mask(like: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    mask = torch.zeros_like(like, dtype=torch.bool)
+    mask[rows, cols] = True
+    return mask
+
+
+class MultiSimilarityLoss(PairLoss):
+    """Multi-similarity loss (Wang et al. CVPR 2019, Eq. 10) on cosine similarity S:
+
+        L = 1/B Σ_i [ 1/α log(1 + Σ_{k ∈ P_i} exp(-α (S_ik - λ)))
+                      + 1/β log(1 + Σ_{k ∈ N_i} exp( β (S_ik - λ))) ]
+
+    with P_i / N_i the positive / negative pairs of anchor i kept by ``miner`` (default the
+    paper's pair mining, :class:`~dml.miners.MultiSimilarityMiner` with ε = 0.1). Defaults
+    α = 2, β = 50, λ = 0.5 (``base``).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 50.0,
+        base: float = 0.5,
+        miner: PairMiner | None = None,
+    ) -> None:
+        super().__init__(miner if miner is not None else MultiSimilarityMiner(0.1), "cosine")
+        self.alpha = alpha
+        self.beta = beta
+        self.base = base
+
+    def pair_loss(
+        self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        pos_mask, neg_mask = _pair_mask(matrix, a1, p), _pair_mask(matrix, a2, n)
+        pos = _log1p_sum_exp(-self.alpha * (matrix - self.base), pos_mask) / self.alpha
+        neg = _log1p_sum_exp(self.beta * (matrix - self.base), neg_mask) / self.beta
+        active = pos_mask.sum() + neg_mask.sum()
+        return (pos + neg).mean(), active

@@ -1,0 +1,38 @@
+"""NCA (softplus) triplet loss on cosine similarity."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from dml.losses.base import TripletLoss
+from dml.miners.base import TripletMiner
+from dml.miners.triplet import EasyPositiveHardNegativeMiner
+
+
+class NCATripletLoss(TripletLoss):
+    """NCA / softplus triplet loss on cosine similarity (Xuan et al. ECCV 2020, Eq. 2):
+
+        ℓ(a, p, n) = -log( exp(S_ap/τ) / (exp(S_ap/τ) + exp(S_an/τ)) ) = softplus((S_an - S_ap)/τ)
+
+    averaged over the valid mined triplets, valid meaning -1 < S < 1 for both S_ap and S_an (as
+    in the SCT authors' code). Default miner: EPHN in cosine without near-duplicate positives;
+    the miner may measure closeness differently (e.g. Euclidean), the loss stays in cosine.
+    """
+
+    def __init__(self, temperature: float = 0.1, miner: TripletMiner | None = None) -> None:
+        if miner is None:
+            miner = EasyPositiveHardNegativeMiner("cosine", exclude_duplicates=True)
+        super().__init__(miner, "cosine")
+        self.temperature = temperature
+
+    def valid(self, m_ap: Tensor, m_an: Tensor) -> Tensor:
+        return (m_ap > -1) & (m_ap < 1) & (m_an > -1) & (m_an < 1)
+
+    def nca_terms(self, s_ap: Tensor, s_an: Tensor) -> Tensor:
+        """``softplus((S_an - S_ap) / τ)`` per triplet."""
+        return F.softplus((s_an - s_ap) / self.temperature)
+
+    def triplet_terms(self, m_ap: Tensor, m_an: Tensor) -> tuple[Tensor, Tensor]:
+        terms = self.nca_terms(m_ap, m_an)
+        return terms, terms > 0
