@@ -1,0 +1,48 @@
+"""``dml-train``: train one experiment (or a sweep with ``-m``) from the Hydra configs in conf/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import yaml
+from omegaconf import DictConfig
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from dml.cli.errors import exit_on_user_error
+    from dml.training import train
+
+    with exit_on_user_error():
+        result = train(cfg)
+    return result.get("val", {}).get("recall@1")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``resume=<run_dir>`` → that run's own overrides + its directory + ``ckpt_path=last``."""
+    rest = [a for a in argv if not a.startswith("resume=")]
+    if len(rest) == len(argv):
+        return argv
+    run_dir = Path(next(a for a in argv if a.startswith("resume="))[len("resume=") :])
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        sys.exit(f"dml-train: cannot resume: {overrides_file} not found (is {run_dir} a run dir?)")
+    saved = [
+        o
+        for o in yaml.safe_load(overrides_file.read_text()) or []
+        if not o.startswith("ckpt_path=")
+    ]
+    return [*saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Datasets, samplers, transforms and the DataModule."""
+
+from dml.data.datamodule import DMLDataModule, carve_validation
+from dml.data.dataset import DMLDataset
+from dml.data.records import DatasetError, Record
+from dml.data.sampler import PKBatchSampler
+from dml.data.source import DatasetSource
+
+__all__ = [
+    "DMLDataModule",
+    "DMLDataset",
+    "DatasetError",
+    "DatasetSource",
+    "PKBatchSampler",
+    "Record",
+    "carve_validation",
+]

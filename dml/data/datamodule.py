@@ -1,0 +1,120 @@
+"""The LightningDataModule: a dataset source + transforms + class-balanced P×K training batches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from dml.data.dataset import DMLDataset
+from dml.data.records import DatasetError, Record
+from dml.data.sampler import PKBatchSampler
+from dml.data.source import DatasetSource
+
+EVAL_SPLITS = ("val", "test", "query", "gallery")
+
+
+def carve_validation(
+    records: list[Record], holdout: float | int, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """Split training records class-disjointly: whole *groups* (e.g. Omniglot alphabets; the class
+    itself when a source defines none) go to validation. ``holdout`` is a count of groups if it is
+    an int >= 1, else a fraction of them. The choice depends only on ``seed``."""
+    groups = sorted({r.group_key for r in records})
+    n = int(holdout) if holdout >= 1 else round(holdout * len(groups))
+    if not 0 < n < len(groups):
+        raise DatasetError(
+            f"cannot hold out {holdout} of {len(groups)} training groups for validation: "
+            "set data.val_holdout to a smaller value, or 0 for no validation"
+        )
+    val_groups = set(random.Random(seed).sample(groups, n))
+    train = [r for r in records if r.group_key not in val_groups]
+    return train, [r for r in records if r.group_key in val_groups]
+
+
+class DMLDataModule(L.LightningDataModule):
+    """Train loader: :class:`PKBatchSampler` batches of ``batch_p`` classes × ``batch_k`` images.
+    Eval loaders (in dataset order): ``val`` if the source has one or ``val_holdout > 0`` carves it
+    from the training classes; ``test``, or ``query`` and ``gallery`` (evaluated apart).
+    Model selection uses ``val``, never ``test``."""
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        train_transform: Callable,
+        eval_transform: Callable,
+        batch_p: int = 32,
+        batch_k: int = 4,
+        val_holdout: float = 0,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_p, self.batch_k = batch_p, batch_k
+        self.val_holdout, self.seed = val_holdout, seed
+        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.datasets: dict[str, DMLDataset] = {}
+
+    def split_records(self) -> dict[str, list[Record]]:
+        splits = self.source.splits()
+        if "train" not in splits:
+            raise DatasetError(f"{type(self.source).__name__} provides no 'train' split")
+        if self.val_holdout and "val" not in splits:
+            splits["train"], splits["val"] = carve_validation(
+                splits["train"], self.val_holdout, self.seed
+            )
+        return splits
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for name, records in self.split_records().items():
+            transform = self.train_transform if name == "train" else self.eval_transform
+            self.datasets[name] = DMLDataset(records, self.source.load, transform)
+
+    def _loader(self, dataset: DMLDataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = PKBatchSampler(
+            self.datasets["train"].labels, self.batch_p, self.batch_k, self.seed, rank, world
+        )
+        return self._loader(self.datasets["train"], batch_sampler=sampler)
+
+    def _eval_loaders(self, names: tuple[str, ...]) -> list[DataLoader]:
+        return [
+            self._loader(self.datasets[n], batch_size=self.eval_batch_size, shuffle=False)
+            for n in names
+            if n in self.datasets
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders(("val",))
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if "query" in self.datasets:
+            return self._eval_loaders(("query", "gallery"))
+        return self._eval_loaders(("test",))
+
+    def eval_dataloader(self, split: str) -> list[DataLoader]:
+        """Loaders to evaluate ``split`` (``val``, ``test``, or ``query`` → query + gallery)."""
+        if split in ("query", "gallery"):
+            return self._eval_loaders(("query", "gallery"))
+        if split not in self.datasets:
+            raise DatasetError(f"no '{split}' split; available: {sorted(self.datasets)}")
+        return self._eval_loaders((split,))

@@ -1,0 +1,40 @@
+"""A map-style dataset of (image tensor, integer label) for one split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dml.data.records import Record
+
+
+class DMLDataset(Dataset):
+    """Records of one split with contiguous integer labels ``0..C-1`` (classes in sorted order).
+
+    ``__getitem__`` returns ``(transform(image), label, index)``; the index lets distributed
+    evaluation put gathered embeddings back in dataset order.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        load: Callable[[object], Image.Image],
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.load = load
+        self.transform = transform
+        self.classes = sorted({r.label for r in self.records})
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = torch.tensor([index[r.label] for r in self.records], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image = self.load(self.records[i].item)
+        x = self.transform(image) if self.transform is not None else image
+        return x, int(self.labels[i]), i

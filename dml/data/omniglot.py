@@ -1,0 +1,111 @@
+"""Omniglot (Lake et al., Science 2015) as a zero-shot DML dataset.
+
+Train on the 964 *background* classes (30 alphabets), test on the 659 unseen *evaluation* classes
+(20 alphabets). A class is ``alphabet/character``; its group (used to carve validation classes) is
+the alphabet, so validation alphabets are disjoint from training alphabets.
+
+Expected layout: ``<root>/images_background.zip`` and ``<root>/images_evaluation.zip``, the
+official archives (``images_background/<Alphabet>/<characterNN>/<id>_<drawer>.png``). They are
+unpacked once into ``$DML_CACHE_DIR/omniglot``.
+
+``merge_characters=M`` builds a high intra-class-variance variant: each class is the union of M
+characters from M different alphabets of the same split (so train and test stay class-disjoint);
+characters left over when fewer than M alphabets remain are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from dml.data.archive import download, extract_once
+from dml.data.records import DatasetError, Record
+from dml.data.source import DatasetSource, cache_dir, data_root
+
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
+MD5 = {  # official archives
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+SPLITS = {"train": "images_background", "test": "images_evaluation"}
+
+
+class Omniglot(DatasetSource):
+    image_mode = "L"
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        download: bool = False,
+        merge_characters: int = 1,
+        merge_seed: int = 0,
+    ) -> None:
+        if merge_characters < 1:
+            raise DatasetError(f"data.merge_characters must be >= 1, got {merge_characters}")
+        self.root = data_root(root, "omniglot")
+        self.download = download
+        self.merge_characters = merge_characters
+        self.merge_seed = merge_seed
+
+    def _archive(self, stem: str) -> Path:
+        path = self.root / f"{stem}.zip"
+        if path.is_file():
+            return path
+        if self.download:
+            return download(URL.format(stem), path, MD5[stem])
+        raise DatasetError(
+            f"Omniglot archive not found: {path} (looked in data.root / $DML_DATA_DIR/omniglot). "
+            "Put images_background.zip and images_evaluation.zip there, set DML_DATA_DIR or "
+            "data.root, or pass data.source.download=true on a machine with internet"
+        )
+
+    def _records(self, stem: str) -> list[Record]:
+        folder = extract_once(self._archive(stem), cache_dir() / "omniglot" / stem) / stem
+        if not folder.is_dir():
+            raise DatasetError(f"{self.root / (stem + '.zip')} does not contain '{stem}/'")
+        records = []
+        for alphabet in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for char in sorted(p for p in alphabet.iterdir() if p.is_dir()):
+                images = sorted(char.glob("*.png"))
+                if not images:
+                    raise DatasetError(
+                        f"empty class folder {char}: remove it or restore its images"
+                    )
+                label = f"{alphabet.name}/{char.name}"
+                records += [Record(str(p), label, alphabet.name) for p in images]
+        return records
+
+    def splits(self) -> dict[str, list[Record]]:
+        out = {split: self._records(stem) for split, stem in SPLITS.items()}
+        if self.merge_characters > 1:
+            out = {
+                s: merge_classes(r, self.merge_characters, self.merge_seed) for s, r in out.items()
+            }
+        return out
+
+
+def merge_classes(records: list[Record], m: int, seed: int) -> list[Record]:
+    """Relabel ``records`` so each new class unites ``m`` old classes from ``m`` distinct groups.
+
+    Deterministic for a seed: repeatedly take one class from each of the ``m`` groups with the most
+    classes left (random tie-break), which uses up groups evenly.
+    """
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for r in records:
+        pool = pools.setdefault(r.group_key, [])
+        if r.label not in pool:
+            pool.append(r.label)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    new_label: dict[str, str] = {}
+    while True:
+        ranked = sorted(pools, key=lambda g: (-len(pools[g]), rng.random()))
+        chosen = [g for g in ranked[:m] if pools[g]]
+        if len(chosen) < m:
+            break
+        members = [pools[g].pop() for g in chosen]
+        name = "+".join(sorted(members))
+        new_label.update({c: name for c in members})
+    return [Record(r.item, new_label[r.label], None) for r in records if r.label in new_label]

@@ -1,0 +1,53 @@
+"""A dataset source: knows a dataset's on-disk layout and lists its records per split."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dml.data.image_io import load_image
+from dml.data.records import DatasetError, Record
+
+DATA_DIR_ENV = "DML_DATA_DIR"
+CACHE_DIR_ENV = "DML_CACHE_DIR"
+
+
+def data_root(root: str | os.PathLike | None, name: str) -> Path:
+    """The folder of dataset ``name``: ``root`` if given, else ``$DML_DATA_DIR/<name>``."""
+    if root not in (None, ""):
+        return Path(root).expanduser()
+    base = os.environ.get(DATA_DIR_ENV)
+    if not base:
+        raise DatasetError(
+            f"no location for dataset '{name}': set data.root=PATH or the environment variable "
+            f"{DATA_DIR_ENV} (the folder that holds '{name}/')"
+        )
+    return Path(base).expanduser() / name
+
+
+def cache_dir() -> Path:
+    """Where derived files (extracted archives) go: ``$DML_CACHE_DIR`` or ``~/.cache/dml``."""
+    return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "dml")).expanduser()
+
+
+class DatasetSource(ABC):
+    """Lists the :class:`Record` s of each split of one dataset and opens their images.
+
+    Subclasses implement :meth:`splits`. Split names: ``train``, optionally ``val``, and either
+    ``test`` or the pair ``query``/``gallery`` (evaluated with query and gallery apart).
+    """
+
+    #: "RGB" or "L"; the transforms convert anyway, this only saves work for grey datasets.
+    image_mode: str = "RGB"
+
+    @abstractmethod
+    def splits(self) -> dict[str, list[Record]]:
+        """All records of every split this source provides."""
+
+    def load(self, item: Any) -> Image.Image:
+        """Open one record's image (default: ``item`` is a file path)."""
+        return load_image(item, self.image_mode)

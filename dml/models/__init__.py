@@ -1,0 +1,6 @@
+"""Embedding networks and the LightningModule."""
+
+from dml.models.backbone import ConfigError, EmbeddingNet, create_backbone
+from dml.models.module import DMLModule, NonFiniteLossError
+
+__all__ = ["ConfigError", "DMLModule", "EmbeddingNet", "NonFiniteLossError", "create_backbone"]

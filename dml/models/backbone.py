@@ -1,0 +1,93 @@
+"""timm backbone → linear embedding head → L2 normalisation."""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names it and the fix."""
+
+
+def create_backbone(
+    name: str, in_chans: int = 3, pretrained: bool = False, pretrained_file: str | None = None
+) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``: it returns pooled features).
+
+    ``pretrained`` loads timm's published weights (needs internet or a filled hub cache);
+    ``pretrained_file`` loads a local weights file instead (offline clusters).
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConfigError(
+            f"unknown backbone '{name}' (model.backbone): not a timm model"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()")
+        )
+    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
+    if pretrained_file:
+        if not os.path.isfile(pretrained_file):
+            raise ConfigError(f"model.pretrained_file not found: {pretrained_file}")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(pretrained_file)}
+    try:
+        return timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
+    except (OSError, RuntimeError) as e:
+        if pretrained and not pretrained_file:
+            raise ConfigError(
+                f"could not load pretrained weights for '{name}' ({e.__class__.__name__}: {e}); "
+                "offline? download them once elsewhere and set model.pretrained_file=PATH, "
+                "or set model.pretrained=false"
+            ) from None
+        raise
+
+
+class EmbeddingNet(nn.Module):
+    """``f(x) = W·g(x) / ‖W·g(x)‖₂`` — a timm feature extractor ``g`` followed by a linear map to
+    ``embedding_dim`` and L2 normalisation (so cosine similarity is a dot product).
+
+    ``freeze_bn``: keep the backbone's BatchNorm layers in eval mode with frozen affine parameters,
+    as in the protocol of "A Metric Learning Reality Check" (Musgrave et al., ECCV 2020).
+    ``embedding_dim=0`` uses the backbone features directly (no head).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        embedding_dim: int = 128,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        freeze_bn: bool = False,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = create_backbone(backbone, in_chans, pretrained, pretrained_file)
+        features = self.backbone.num_features
+        self.head = nn.Linear(features, embedding_dim) if embedding_dim else nn.Identity()
+        self.embedding_dim = embedding_dim or features
+        self.freeze_bn = freeze_bn
+        self.normalize = normalize
+        if freeze_bn:
+            for m in self._batchnorms():
+                m.requires_grad_(False)
+
+    def _batchnorms(self):
+        return (
+            m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        )
+
+    def train(self, mode: bool = True) -> EmbeddingNet:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self._batchnorms():
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.backbone(x))
+        return F.normalize(z, dim=-1) if self.normalize else z

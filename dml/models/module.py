@@ -1,0 +1,150 @@
+"""The LightningModule: embed, score with the pluggable loss, evaluate retrieval."""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from dml.eval import nmi, retrieval_metrics
+from dml.models.backbone import EmbeddingNet
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops with the batch that caused it named."""
+
+
+class DMLModule(L.LightningModule):
+    """Trains ``net`` by minimising ``loss(net(x), y)`` on P×K batches; evaluates by exact cosine
+    retrieval (Recall@K, MAP@R, R-Precision; NMI on test if ``nmi``).
+
+    ``optimizer`` / ``scheduler`` are partially instantiated factories from the config; the backbone
+    trains at the optimizer's LR and the head (and any loss parameters) at ``head_lr`` if given.
+    A scheduler whose factory takes ``total_steps`` receives the run length in optimizer steps.
+    Every training epoch starts from the RNG state ``seed + epoch``, so a run resumed from an
+    epoch-end checkpoint continues exactly as the uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        net: EmbeddingNet,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "step",
+        head_lr: float | None = None,
+        eval_ks: Sequence[int] = (1, 2, 4, 8),
+        nmi: bool = False,
+        seed: int = 0,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval, self.head_lr = scheduler_interval, head_lr
+        self.eval_ks, self.compute_nmi, self.seed = tuple(eval_ks), nmi, seed
+        self.config = config
+        self.eval_metrics: dict[str, dict[str, float]] = {}
+        self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---- training -------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        L.seed_everything(self.seed * 1_000_003 + self.current_epoch, workers=True, verbose=False)
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        loss = self.loss(self.net(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
+                f"(global step {self.global_step}); lower the learning rate, enable "
+                "trainer.gradient_clip_val, or check the inputs. Last good checkpoint is kept."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        stats = getattr(self.loss, "stats", None) or {}
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(y))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        head = [
+            p for p in [*self.net.head.parameters(), *self.loss.parameters()] if p.requires_grad
+        ]
+        groups = [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}]
+        if self.head_lr is not None:
+            groups[1]["lr"] = self.head_lr
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            steps = self.trainer.estimated_stepping_batches
+            if self.scheduler_interval == "epoch":
+                steps = self.trainer.max_epochs
+            kwargs["total_steps"] = int(steps)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def _collect(self, batch: Sequence[torch.Tensor], dataloader_idx: int) -> None:
+        x, y, idx = batch
+        self._outputs[dataloader_idx].append((self.net(x).float(), y, idx))
+
+    def _evaluate(self, prefix: str, with_nmi: bool) -> dict[str, float]:
+        parts = [self._gather(self._outputs[i]) for i in sorted(self._outputs)]
+        self._outputs.clear()
+        if not parts:
+            return {}
+        (q, ql), gallery = parts[0], parts[1] if len(parts) > 1 else (None, None)
+        metrics = retrieval_metrics(q, ql, *gallery, ks=self.eval_ks)
+        if with_nmi:
+            metrics["nmi"] = (
+                nmi(q, ql)
+                if gallery[0] is None
+                else nmi(torch.cat([q, gallery[0]]), torch.cat([ql, gallery[1]]))
+            )
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        self.eval_metrics[prefix] = metrics
+        if not self.trainer.sanity_checking:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            self.print(f"[epoch {self.current_epoch}] {prefix}: {shown}")
+        return metrics
+
+    def _gather(self, outputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and labels of one eval split in dataset order (from all ranks, duplicates
+        added by distributed padding dropped)."""
+        emb, labels, idx = (torch.cat(t) for t in zip(*outputs, strict=False))
+        if self.trainer.world_size > 1:
+            emb, labels, idx = (self.all_gather(t).flatten(0, 1) for t in (emb, labels, idx))
+        order = torch.argsort(idx, stable=True)
+        emb, labels, idx = emb[order], labels[order], idx[order]
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        return emb[keep].cpu(), labels[keep].cpu()
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val", with_nmi=False)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test", with_nmi=self.compute_nmi)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dml_config"] = self.config
