@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dml.losses.base import TripletLoss
 from dml.miners.base import TripletMiner
 from dml.miners.triplet import EasyPositiveHardNegativeMiner
+
+_ULPS = 16
 
 
 class NCATripletLoss(TripletLoss):
@@ -16,7 +19,7 @@ class NCATripletLoss(TripletLoss):
         ℓ(a, p, n) = -log( exp(S_ap/τ) / (exp(S_ap/τ) + exp(S_an/τ)) ) = softplus((S_an - S_ap)/τ)
 
     averaged over the valid mined triplets, valid meaning -1 < S < 1 for both S_ap and S_an (as
-    in the SCT authors' code). Default miner: EPHN in cosine without near-duplicate positives;
+    in the SCT authors' code), judged with a slack of 16 machine epsilons of the dtype. Default miner: EPHN in cosine without near-duplicate positives;
     the miner may measure closeness differently (e.g. Euclidean), the loss stays in cosine.
     """
 
@@ -27,7 +30,10 @@ class NCATripletLoss(TripletLoss):
         self.temperature = temperature
 
     def valid(self, m_ap: Tensor, m_an: Tensor) -> Tensor:
-        return (m_ap > -1) & (m_ap < 1) & (m_an > -1) & (m_an < 1)
+        # |S| < 1, with a few ulps of slack: identical or opposite images must not become valid
+        # because the cosine of equal vectors rounds to 1 - 1e-16.
+        bound = 1 - _ULPS * torch.finfo(m_ap.dtype).eps
+        return (m_ap.abs() < bound) & (m_an.abs() < bound)
 
     def nca_terms(self, s_ap: Tensor, s_an: Tensor) -> Tensor:
         """``softplus((S_an - S_ap) / τ)`` per triplet."""
