@@ -1,0 +1,107 @@
+"""Retrieval metrics: Recall@K, MAP@R and R-precision, computed chunk by chunk.
+
+Embeddings are compared by cosine similarity (rows are L2-normalised here; a zero row stays zero
+and scores 0 against everything). For query ``i`` let ``R_i`` be the number of gallery items with
+its label (itself excluded in the leave-one-out case) and ``rel_i(j)`` = 1 if the ``j``-th ranked
+gallery item has the query's label. Ranking ties are broken by lower gallery index first (see
+:mod:`dml.eval.knn`). Then, averaged over the queries with ``R_i > 0``:
+
+* ``recall@K``    = 1 if ``rel_i(j) = 1`` for some ``j <= K``, else 0 (the DML "Recall@K" of
+  Oh Song et al., CVPR 2016, i.e. hit rate at K);
+* ``r_precision`` = ``(1/R_i) sum_{j<=R_i} rel_i(j)``;
+* ``map@r``       = ``(1/R_i) sum_{j<=R_i} rel_i(j) * P_i(j)`` with ``P_i(j)`` the precision at
+  ``j`` (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020, Sec. 3.2).
+
+Queries with ``R_i = 0`` have no defined value and are excluded from every metric; their count is
+not in the denominator, and ``num_queries`` (a float) reports how many queries were evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dml.eval.knn import ArrayLike, Backend, as_embeddings, as_labels, iter_knn
+
+
+def retrieval_metrics(
+    query: ArrayLike,
+    query_labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    *,
+    chunk_size: int | None = None,
+    backend: Backend = "torch",
+) -> dict[str, float]:
+    """Recall@K for each K in ``ks``, MAP@R and R-precision of a cosine-similarity retrieval.
+
+    Args:
+        query: ``(Q, d)`` embeddings (need not be normalised).
+        query_labels: ``(Q,)`` integer class ids.
+        gallery: ``(N, d)`` embeddings searched; ``None`` = leave-one-out over ``query`` (each
+            query searches all other query rows; itself excluded by index, duplicates count).
+        gallery_labels: ``(N,)`` class ids; given iff ``gallery`` is.
+        ks: the K of Recall@K (K larger than the gallery counts the whole gallery).
+        chunk_size: queries per chunk (default from the memory budget of :mod:`dml.eval.knn`).
+        backend: ``"torch"`` or ``"faiss"``, see :func:`dml.eval.knn.exact_knn`.
+
+    Returns:
+        ``{"recall@K": ..., "map@r": ..., "r_precision": ..., "num_queries": ...}``.
+    """
+    if (gallery is None) != (gallery_labels is None):
+        raise ValueError("gallery and gallery_labels must be given together")
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    leave_one_out = gallery is None
+    query = F.normalize(as_embeddings(query, "query"), dim=1)
+    q_labels = as_labels(query_labels, query.shape[0], "query_labels", query.device)
+    if leave_one_out:
+        gallery, g_labels = query, q_labels
+    else:
+        gallery = F.normalize(as_embeddings(gallery, "gallery"), dim=1)
+        g_labels = as_labels(gallery_labels, gallery.shape[0], "gallery_labels", query.device)
+    available = gallery.shape[0] - int(leave_one_out)
+    if available < 1:
+        raise ValueError("leave-one-out retrieval needs at least 2 query embeddings")
+
+    classes, ids = torch.unique(torch.cat([q_labels, g_labels]), return_inverse=True)
+    q_ids, g_ids = ids[: q_labels.shape[0]], ids[q_labels.shape[0] :]
+    r = torch.bincount(g_ids, minlength=classes.numel())[q_ids] - int(leave_one_out)
+    n_valid = int((r > 0).sum())
+    if n_valid == 0:
+        raise ValueError("no query has a relevant gallery item (R = 0 for every query)")
+    k = min(max(*ks, int(r.max())), available)
+
+    totals = torch.zeros(len(ks) + 2, dtype=torch.float64, device=query.device)
+    for start, _, idx in iter_knn(
+        query, gallery, k, exclude_self=leave_one_out, chunk_size=chunk_size, backend=backend
+    ):
+        rows = slice(start, start + idx.shape[0])
+        totals += _chunk_sums(g_ids[idx] == q_ids[rows, None], r[rows], ks)
+    means = (totals / n_valid).tolist()
+    metrics = {f"recall@{k}": v for k, v in zip(ks, means[: len(ks)], strict=True)}
+    metrics.update({"map@r": means[-2], "r_precision": means[-1], "num_queries": float(n_valid)})
+    return metrics
+
+
+def _chunk_sums(hits: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
+    """Per-metric sums over the rows with ``r > 0``: ``[recall@K for ks..., AP@R, R-precision]``.
+
+    ``hits[i, j]`` is whether the ``j``-th neighbour of query ``i`` is relevant; ``r[i]`` its R.
+    """
+    valid = r > 0
+    hits, r = hits[valid], r[valid]
+    recalls = [hits[:, :k].any(dim=1).sum() for k in ks]
+    width = int(r.max()) if r.numel() else 0
+    rank = torch.arange(1, width + 1, device=hits.device)
+    relevant = hits[:, :width] & (rank <= r[:, None])
+    precision = relevant.cumsum(dim=1, dtype=torch.float64) / rank
+    r64 = r.to(torch.float64)
+    ap = ((precision * relevant).sum(dim=1) / r64).sum()
+    r_precision = (relevant.sum(dim=1) / r64).sum()
+    return torch.stack([*(x.to(torch.float64) for x in recalls), ap, r_precision])
