@@ -23,10 +23,11 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dml.distances import CosineSimilarity, Distance, get_distance
-from dml.miners.base import Miner, PairMiner, TripletMiner
+from dml.miners.base import PairMiner, TripletMiner
 from dml.miners.pair import AllPairsMiner
 
 Reduction = Literal["mean", "mean_nonzero"]
@@ -44,15 +45,37 @@ def reduce_terms(terms: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def _mean(values: Tensor) -> Tensor:
-    return values.float().mean() if values.numel() else values.new_tensor(float("nan")).float()
+def mean_or_nan(values: Tensor) -> Tensor:
+    """Detached float mean of ``values``, NaN when empty."""
+    values = values.detach().float()
+    return values.mean() if values.numel() else values.new_tensor(float("nan"))
+
+
+def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
+    """Mean cosine over the ``B(B-1)`` ordered pairs ``i != j``, in O(B d):
+    ``(|Σ_i x̂_i|² - Σ_i |x̂_i|²) / (B(B-1))`` with ``x̂ = x / |x|``."""
+    unit = F.normalize(embeddings.detach().double(), dim=1)
+    batch = unit.shape[0]
+    total = unit.sum(dim=0).square().sum() - unit.square().sum()
+    return (total / max(batch * (batch - 1), 1)).float()
+
+
+def measure_pairs(
+    distance: Distance, embeddings: Tensor, pairs: list[tuple[Tensor, Tensor]]
+) -> list[Tensor]:
+    """``distance(x[r], x[c])`` for each index pair ``(r, c)``: row by row when there are few
+    pairs (cheaper than the matrix, and its gradient only touches those rows), else gathered from
+    the full B×B matrix."""
+    if sum(r.numel() for r, _ in pairs) * 16 < embeddings.shape[0] ** 2:
+        return [distance.paired(embeddings[r], embeddings[c]) for r, c in pairs]
+    matrix = distance.pairwise(embeddings)
+    return [matrix[r, c] for r, c in pairs]
 
 
 class DMLLoss(nn.Module, ABC):
     """A metric-learning loss ``L(embeddings, labels)`` that records per-batch statistics.
 
-    Subclasses implement :meth:`compute`, which receives the detached cosine matrix used for the
-    statistics, and may add entries to ``self.stats``.
+    Subclasses implement :meth:`compute` and add entries to ``self.stats``.
     """
 
     def __init__(self) -> None:
@@ -61,47 +84,33 @@ class DMLLoss(nn.Module, ABC):
         self.triplet_similarities: tuple[Tensor, Tensor] | None = None
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        with torch.no_grad():
-            cosine = _COSINE.pairwise(embeddings.detach())
-        batch = cosine.shape[0]
-        off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=cosine.device)
-        self.stats = {"mean_pairwise_sim": _mean(cosine[off_diagonal])}
+        self.stats = {"mean_pairwise_sim": mean_offdiagonal_cosine(embeddings)}
         self.triplet_similarities = None
-        return self.compute(embeddings, labels, cosine)
+        return self.compute(embeddings, labels)
 
     @abstractmethod
-    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
-        """The loss value; ``cosine`` is the detached B×B cosine matrix of ``embeddings``."""
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """The loss value of a batch."""
 
     def record_triplets(self, s_ap: Tensor, s_an: Tensor) -> None:
         """Store the cosine ``(S_ap, S_an)`` of the triplets used and their statistics."""
+        s_ap, s_an = s_ap.detach(), s_an.detach()
         self.triplet_similarities = (s_ap, s_an)
         self.stats.update(
-            hard_fraction=_mean(s_an > s_ap),
-            mean_s_ap=_mean(s_ap),
-            mean_s_an=_mean(s_an),
+            hard_fraction=mean_or_nan(s_an > s_ap),
+            mean_s_ap=mean_or_nan(s_ap),
+            mean_s_an=mean_or_nan(s_an),
             num_triplets=torch.tensor(float(s_ap.numel())),
         )
-
-    @staticmethod
-    def mining_matrix(
-        miner: Miner, embeddings: Tensor, matrix: Tensor, distance: Distance, cosine: Tensor
-    ) -> Tensor:
-        """The detached matrix of ``miner.distance``, reusing ``matrix`` (of ``distance``) or
-        ``cosine`` when the miner measures the same way."""
-        if miner.distance == distance:
-            return matrix.detach()
-        if miner.distance == _COSINE:
-            return cosine
-        with torch.no_grad():
-            return miner.distance.pairwise(embeddings.detach())
 
 
 class TripletLoss(DMLLoss):
     """Mean of a per-triplet term ``ℓ(m_ap, m_an)`` over the triplets chosen by ``miner``.
 
-    ``m`` is the loss's own measure ``distance`` (the miner may use another one). Subclasses
-    implement :meth:`triplet_terms` and may restrict the triplets in :meth:`valid`.
+    ``m`` is the loss's own measure ``distance`` (the miner may use another one); mining is done
+    without gradient on the miner's B×B matrix, then ``m_ap`` and ``m_an`` are computed for the
+    chosen triplets only. Subclasses implement :meth:`triplet_terms` and may restrict the
+    triplets in :meth:`valid` and change :meth:`reduce`.
     """
 
     def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
@@ -109,20 +118,22 @@ class TripletLoss(DMLLoss):
         self.miner = miner
         self.distance = get_distance(distance)
 
-    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
-        matrix = self.distance.pairwise(embeddings)
-        mining = self.mining_matrix(self.miner, embeddings, matrix, self.distance, cosine)
-        a, p, n = self.miner.mine(mining, labels)
-        m_ap, m_an = matrix[a, p], matrix[a, n]
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        a, p, n = self.miner(embeddings, labels)
+        m_ap, m_an = measure_pairs(self.distance, embeddings, [(a, p), (a, n)])
         keep = self.valid(m_ap.detach(), m_an.detach())
         if keep is not None:
             a, p, n, m_ap, m_an = a[keep], p[keep], n[keep], m_ap[keep], m_an[keep]
-        self.record_triplets(cosine[a, p], cosine[a, n])
+        if self.distance == _COSINE:
+            self.record_triplets(m_ap, m_an)
+        else:
+            with torch.no_grad():
+                self.record_triplets(*measure_pairs(_COSINE, embeddings, [(a, p), (a, n)]))
         if a.numel() == 0:
             self.stats["active_fraction"] = torch.tensor(float("nan"))
             return embeddings.sum() * 0
         terms, active = self.triplet_terms(m_ap, m_an)
-        self.stats["active_fraction"] = _mean(active)
+        self.stats["active_fraction"] = mean_or_nan(active)
         return self.reduce(terms)
 
     def valid(self, m_ap: Tensor, m_an: Tensor) -> Tensor | None:
@@ -148,11 +159,17 @@ class PairLoss(DMLLoss):
         self.distance = get_distance(distance)
         self.miner = miner if miner is not None else AllPairsMiner(self.distance)
 
-    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         matrix = self.distance.pairwise(embeddings)
-        mining = self.mining_matrix(self.miner, embeddings, matrix, self.distance, cosine)
-        a1, p, a2, n = self.miner.mine(mining, labels)
-        self.stats.update(mean_s_ap=_mean(cosine[a1, p]), mean_s_an=_mean(cosine[a2, n]))
+        if self.miner.distance == self.distance:
+            a1, p, a2, n = self.miner.mine(matrix.detach(), labels)
+        else:
+            a1, p, a2, n = self.miner(embeddings, labels)
+        with torch.no_grad():
+            cosine = matrix if self.distance == _COSINE else _COSINE.pairwise(embeddings)
+            self.stats.update(
+                mean_s_ap=mean_or_nan(cosine[a1, p]), mean_s_an=mean_or_nan(cosine[a2, n])
+            )
         if a1.numel() + a2.numel() == 0:
             self.stats["active_fraction"] = torch.tensor(0.0)
             return embeddings.sum() * 0

@@ -19,8 +19,9 @@ class NCATripletLoss(TripletLoss):
         ℓ(a, p, n) = -log( exp(S_ap/τ) / (exp(S_ap/τ) + exp(S_an/τ)) ) = softplus((S_an - S_ap)/τ)
 
     averaged over the valid mined triplets, valid meaning -1 < S < 1 for both S_ap and S_an (as
-    in the SCT authors' code), judged with a slack of 16 machine epsilons of the dtype. Default miner: EPHN in cosine without near-duplicate positives;
-    the miner may measure closeness differently (e.g. Euclidean), the loss stays in cosine.
+    in the SCT authors' code), judged with a slack of 16 machine epsilons of the dtype. Default
+    miner: EPHN in cosine without near-duplicate positives; the miner may measure closeness
+    differently (e.g. Euclidean), the loss stays in cosine.
     """
 
     def __init__(self, temperature: float = 0.1, miner: TripletMiner | None = None) -> None:

@@ -6,9 +6,11 @@ import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from dml.losses.base import DMLLoss
+from dml.distances import CosineSimilarity
+from dml.losses.base import DMLLoss, measure_pairs
 
 
 def _build(spec: nn.Module | Mapping[str, Any] | None) -> nn.Module | None:
@@ -23,6 +25,9 @@ def _build(spec: nn.Module | Mapping[str, Any] | None) -> nn.Module | None:
     from hydra.utils import instantiate
 
     return instantiate(spec)
+
+
+_COSINE = CosineSimilarity()
 
 
 class PMLLoss(DMLLoss):
@@ -46,11 +51,12 @@ class PMLLoss(DMLLoss):
         self.loss = _build(loss)
         self.miner = _build(miner)
 
-    def compute(self, embeddings: Tensor, labels: Tensor, cosine: Tensor) -> Tensor:
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if self.miner is None:
             return self.loss(embeddings, labels)
         indices = self.miner(embeddings, labels)
         if len(indices) == 3:
             a, p, n = indices
-            self.record_triplets(cosine[a, p], cosine[a, n])
+            with torch.no_grad():
+                self.record_triplets(*measure_pairs(_COSINE, embeddings, [(a, p), (a, n)]))
         return self.loss(embeddings, labels, indices)

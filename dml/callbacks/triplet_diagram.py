@@ -1,0 +1,103 @@
+"""Triplet diagram (Xuan et al. ECCV 2020, Fig. 2/5): where the selected triplets lie in the
+(S_an, S_ap) plane during an epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import Logger, WandbLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+_RANGE = (-1.0, 1.0)
+
+
+def render_triplet_diagram(hist: np.ndarray, edges: np.ndarray, title: str) -> Figure:
+    """Figure of a 2-D histogram ``hist[i, j]`` = number of triplets with S_an in bin i and S_ap
+    in bin j (x = S_an, y = S_ap, log colour scale, the diagonal S_an = S_ap drawn: triplets
+    right of it are hard, S_an > S_ap). Rendered with the Agg canvas, no global backend change."""
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    counts = np.ma.masked_equal(hist.T, 0)
+    image = ax.imshow(
+        counts,
+        origin="lower",
+        extent=(edges[0], edges[-1], edges[0], edges[-1]),
+        norm=LogNorm(vmin=1, vmax=max(float(hist.max()), 1.0)),
+        cmap="viridis",
+        aspect="equal",
+        interpolation="nearest",
+    )
+    ax.plot(_RANGE, _RANGE, color="red", linewidth=1, label="S_an = S_ap")
+    ax.set(xlabel="S_an (anchor-negative cosine)", ylabel="S_ap (anchor-positive cosine)")
+    ax.set_title(f"{title} — {int(hist.sum())} triplets")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.colorbar(image, ax=ax, label="triplets")
+    return fig
+
+
+def log_image_to_wandb(loggers: Iterable[Logger], path: Path, step: int) -> None:
+    """Log the PNG at ``path`` to every attached W&B logger (none attached: nothing happens)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key="triplet_diagram", images=[str(path)], step=step)
+
+
+class TripletDiagram(Callback):
+    """Accumulates the cosine ``(S_an, S_ap)`` of the triplets the loss selected
+    (``pl_module.loss.triplet_similarities``, read in ``on_train_batch_end``) over the chosen
+    epochs, into a ``bins`` × ``bins`` histogram on [-1, 1]², summed over distributed ranks.
+    At the end of such an epoch rank 0 writes
+    ``<trainer.default_root_dir>/triplet_diagrams/epoch_XXX.png`` (the figure) and
+    ``epoch_XXX.npz`` (``hist``, ``edges``, ``epoch``; ``hist[i, j]`` counts S_an in bin i and
+    S_ap in bin j), and logs the image to a W&B logger if one is attached.
+
+    ``epochs``: 0-based epoch indices to record (``None``: every epoch). Losses without triplets
+    (``triplet_similarities is None``) contribute nothing.
+    """
+
+    def __init__(self, epochs: Sequence[int] | None = None, bins: int = 100) -> None:
+        self.epochs = None if epochs is None else {int(e) for e in epochs}
+        self.bins = bins
+        self.edges = np.linspace(*_RANGE, bins + 1)
+        self._hist: np.ndarray | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        recording = self.epochs is None or epoch in self.epochs
+        self._hist = np.zeros((self.bins, self.bins)) if recording else None
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        similarities = getattr(getattr(pl_module, "loss", None), "triplet_similarities", None)
+        if self._hist is None or similarities is None:
+            return
+        s_ap, s_an = (s.detach().float().cpu().numpy() for s in similarities)
+        self._hist += np.histogram2d(s_an, s_ap, bins=(self.edges, self.edges))[0]
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._hist is None:
+            return
+        total = trainer.strategy.reduce(
+            torch.as_tensor(self._hist, device=pl_module.device), reduce_op="sum"
+        )
+        hist = total.cpu().numpy()
+        self._hist = None
+        if not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        out = Path(trainer.default_root_dir) / "triplet_diagrams"
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"epoch_{epoch:03d}"
+        np.savez(stem.with_suffix(".npz"), hist=hist, edges=self.edges, epoch=epoch)
+        figure = render_triplet_diagram(hist, self.edges, f"epoch {epoch}")
+        figure.savefig(stem.with_suffix(".png"), dpi=100)
+        log_image_to_wandb(trainer.loggers, stem.with_suffix(".png"), trainer.global_step)
