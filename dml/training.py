@@ -49,12 +49,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg)
     callbacks = {k: instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if c}
-    checkpoint = callbacks.get("checkpoint")
     has_val = "val" in datamodule.datasets
-    if checkpoint is not None and not has_val and checkpoint.monitor:
+    if not has_val and callbacks.pop("best_checkpoint", None) is not None:
         warnings.warn("no validation split: the last checkpoint is the selected one", stacklevel=1)
-        checkpoint.monitor = None
-        checkpoint.save_top_k = 0
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -68,9 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    selected = None
-    if checkpoint is not None:
-        selected = checkpoint.best_model_path or checkpoint.last_model_path or None
+    chosen = callbacks.get("best_checkpoint") or callbacks.get("last_checkpoint")
+    selected = (chosen.best_model_path or None) if chosen is not None else None
     result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": selected}
     if has_val:
         trainer.validate(module, datamodule=datamodule, ckpt_path=selected, verbose=False)

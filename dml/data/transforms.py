@@ -1,4 +1,4 @@
-"""Image → tensor pipelines, configured from Hydra (``data.train_transform``, ``eval_transform``)."""
+"""Image → tensor pipelines, configured from Hydra (data.train_transform, data.eval_transform)."""
 
 from __future__ import annotations
 

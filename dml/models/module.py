@@ -118,7 +118,8 @@ class DMLModule(L.LightningModule):
         self.eval_metrics[prefix] = metrics
         if not self.trainer.sanity_checking:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            self.print(f"[epoch {self.current_epoch}] {prefix}: {shown}")
+            when = f"epoch {self.current_epoch}" if self.trainer.state.fn == "fit" else "selected checkpoint"
+            self.print(f"[{when}] {prefix}: {shown}")
         return metrics
 
     def _gather(self, outputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,70 @@
+"""Use a trained model: rebuild it from a checkpoint and embed images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from dml.models import EmbeddingNet
+from dml.models.backbone import ConfigError
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
+    """The checkpoint dict and the resolved run config saved in it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not ckpt.get("dml_config"):
+        raise ConfigError(f"{path} has no dml config: it was not written by dml-train")
+    return ckpt, OmegaConf.create(ckpt["dml_config"])
+
+
+def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:
+    """The embedding network with the checkpoint's weights (no pretrained download)."""
+    net = instantiate(cfg.model, pretrained=False, pretrained_file=None)
+    prefix = "net."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+class Embedder:
+    """Maps a list of PIL images to an ``(N, d)`` tensor of L2-normalised embeddings, applying the
+    run's evaluation transform; batched, no gradients."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        transform: Callable[[Image.Image], torch.Tensor],
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        self.net, self.transform = net.to(device).eval(), transform
+        self.device, self.batch_size = torch.device(device), batch_size
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.stack([self.transform(img) for img in images[i : i + self.batch_size]])
+            out.append(self.net(x.to(self.device)).float().cpu())
+        if not out:
+            return torch.empty(0, getattr(self.net, "embedding_dim", 0))
+        return torch.cat(out)
+
+
+def load_embedder(
+    checkpoint_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+) -> Embedder:
+    """``embed = dml.load_embedder("run/checkpoints/best.ckpt"); z = embed([img1, img2])``."""
+    ckpt, cfg = load_checkpoint(checkpoint_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Embedder(net_from_checkpoint(ckpt, cfg), instantiate(cfg.data.eval_transform), device,
+                    batch_size)
