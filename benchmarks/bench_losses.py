@@ -9,7 +9,9 @@ same run, interleaved, median of ``--repeats`` after warm-up. Pairs compared:
   BatchEasyHardMiner(easy positive, hard negative) in cosine (= our NCA at τ = 1 with EPHN);
 * multi-similarity (+ its miner) vs PML MultiSimilarityLoss + MultiSimilarityMiner.
 
-Ratio = PML time / our time (> 1: we are faster). Run: ``python benchmarks/bench_losses.py``.
+Ratio = PML time / our time (> 1: we are faster). Run: ``python benchmarks/bench_losses.py``
+(``--threads N`` for more intra-op threads; the default 1 keeps shared machines from distorting
+both sides).
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     x = F.normalize(torch.randn(args.batch, args.dim), dim=1).requires_grad_()

@@ -10,6 +10,7 @@ measures. Configs refer to measures by name (``"cosine"``, ``"euclidean"``) thro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,6 +39,18 @@ class Distance(ABC):
     def near_duplicate(self, values: Tensor) -> Tensor:
         """Boolean mask of values meaning "the same image" (cosine above 0.9999 or equivalent)."""
 
+    def select(self, x: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """``m(x_r, x_c)`` for each index pair ``(r, c)``, differentiable: computed row by row
+        when there are few pairs (cheaper than the matrix; the gradient only touches those
+        rows), else gathered from the full matrix."""
+        if sum(r.numel() for r, _ in pairs) * 16 < x.shape[0] ** 2:
+            return self._select_rows(x, pairs)
+        matrix = self.pairwise(x)
+        return [matrix[r, c] for r, c in pairs]
+
+    def _select_rows(self, x: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        return [self.paired(x[r], x[c]) for r, c in pairs]
+
     def closeness(self, values: Tensor | float) -> Tensor | float:
         """Values mapped so that larger means closer: ``m`` for similarities, ``-m`` otherwise."""
         return values if self.higher_is_closer else -values
@@ -62,6 +75,10 @@ class CosineSimilarity(Distance):
 
     def near_duplicate(self, values: Tensor) -> Tensor:
         return values > _DUPLICATE_COSINE
+
+    def _select_rows(self, x: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        unit = F.normalize(x, dim=1)  # once for all pairs
+        return [(unit[r] * unit[c]).sum(dim=1) for r, c in pairs]
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,23 @@ def test_get_distance_names() -> None:
     assert get_distance(EuclideanDistance()) == EuclideanDistance()
     with pytest.raises(ValueError, match="unknown distance"):
         get_distance("manhattan")
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+@pytest.mark.parametrize("count", [3, 40])  # row-wise path (few pairs) and matrix path
+def test_select_pairs_values_and_gradients(name: str, count: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = inputs("ties").requires_grad_()
+    rows, cols = (
+        torch.randint(0, 7, (count,), generator=g),
+        torch.randint(0, 7, (count,), generator=g),
+    )
+    rows[0], cols[0] = 1, 3  # an identical pair
+    (got,) = get_distance(name).select(x, [(rows, cols)])
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    x_ref = x.detach().clone().requires_grad_()
+    f = REFERENCES[name]
+    want = torch.stack([f(x_ref[r], x_ref[c]) for r, c in zip(rows, cols, strict=True)])
+    (grad_ref,) = torch.autograd.grad(want.sum(), x_ref)
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)

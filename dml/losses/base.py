@@ -60,18 +60,6 @@ def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
     return (total / max(batch * (batch - 1), 1)).float()
 
 
-def measure_pairs(
-    distance: Distance, embeddings: Tensor, pairs: list[tuple[Tensor, Tensor]]
-) -> list[Tensor]:
-    """``distance(x[r], x[c])`` for each index pair ``(r, c)``: row by row when there are few
-    pairs (cheaper than the matrix, and its gradient only touches those rows), else gathered from
-    the full B×B matrix."""
-    if sum(r.numel() for r, _ in pairs) * 16 < embeddings.shape[0] ** 2:
-        return [distance.paired(embeddings[r], embeddings[c]) for r, c in pairs]
-    matrix = distance.pairwise(embeddings)
-    return [matrix[r, c] for r, c in pairs]
-
-
 class DMLLoss(nn.Module, ABC):
     """A metric-learning loss ``L(embeddings, labels)`` that records per-batch statistics.
 
@@ -120,7 +108,7 @@ class TripletLoss(DMLLoss):
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         a, p, n = self.miner(embeddings, labels)
-        m_ap, m_an = measure_pairs(self.distance, embeddings, [(a, p), (a, n)])
+        m_ap, m_an = self.distance.select(embeddings, [(a, p), (a, n)])
         keep = self.valid(m_ap.detach(), m_an.detach())
         if keep is not None:
             a, p, n, m_ap, m_an = a[keep], p[keep], n[keep], m_ap[keep], m_an[keep]
@@ -128,7 +116,7 @@ class TripletLoss(DMLLoss):
             self.record_triplets(m_ap, m_an)
         else:
             with torch.no_grad():
-                self.record_triplets(*measure_pairs(_COSINE, embeddings, [(a, p), (a, n)]))
+                self.record_triplets(*_COSINE.select(embeddings, [(a, p), (a, n)]))
         if a.numel() == 0:
             self.stats["active_fraction"] = torch.tensor(float("nan"))
             return embeddings.sum() * 0

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dml.distances import CosineSimilarity
-from dml.losses.base import DMLLoss, measure_pairs
+from dml.losses.base import DMLLoss
 
 
 def _build(spec: nn.Module | Mapping[str, Any] | None) -> nn.Module | None:
@@ -58,5 +58,5 @@ class PMLLoss(DMLLoss):
         if len(indices) == 3:
             a, p, n = indices
             with torch.no_grad():
-                self.record_triplets(*measure_pairs(_COSINE, embeddings, [(a, p), (a, n)]))
+                self.record_triplets(*_COSINE.select(embeddings, [(a, p), (a, n)]))
         return self.loss(embeddings, labels, indices)
