@@ -25,6 +25,7 @@ from dml.miners import (
     EasyPositiveHardNegativeMiner,
     FaceNetSemiHardMiner,
     MultiSimilarityMiner,
+    RandomNegativeMiner,
     SemiHardNegativeMiner,
 )
 from tests.test_miners import (
@@ -363,3 +364,34 @@ def test_losses_are_device_and_dtype_agnostic_in_float32() -> None:
         v32 = make_loss()(x.float(), labels)
         assert v32.dtype == torch.float32
         assert v32.item() == pytest.approx(v64.item(), rel=1e-4, abs=1e-5), name
+
+
+def test_half_precision_embeddings_are_computed_in_float32() -> None:
+    x, labels = make_batch("random", 0)
+    for name, (make_loss, _) in ALL_CASES.items():
+        want = make_loss()(x.float(), labels)
+        half = x.bfloat16().requires_grad_()
+        got = make_loss()(half, labels)
+        got.backward()
+        assert got.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+        assert got.item() == pytest.approx(want.item(), rel=0.1, abs=0.02), name
+
+
+def test_random_negative_miner_feeds_any_triplet_loss() -> None:
+    x, labels = make_batch("singleton", 0)
+    for loss_cls in (MarginTripletLoss, NCATripletLoss, SCTLoss):
+        torch.manual_seed(3)
+        triplets = list(
+            zip(*(t.tolist() for t in RandomNegativeMiner("cosine")(x, labels)), strict=True)
+        )
+        torch.manual_seed(3)
+        if loss_cls is MarginTripletLoss:
+            got = loss_cls(0.2, RandomNegativeMiner("cosine"), "cosine")(x, labels)
+            want = ref_margin(x, triplets, "cosine", 0.2, "mean")
+        elif loss_cls is NCATripletLoss:
+            got = loss_cls(0.1, RandomNegativeMiner("cosine"))(x, labels)
+            want = ref_nca(x, triplets, 0.1)
+        else:
+            got = loss_cls(1.0, 0.1, 0.8, RandomNegativeMiner("cosine"))(x, labels)
+            want = ref_sct(x, triplets, 1.0, 0.1, 0.8)
+        torch.testing.assert_close(got, want)

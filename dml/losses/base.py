@@ -63,7 +63,9 @@ def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
 class DMLLoss(nn.Module, ABC):
     """A metric-learning loss ``L(embeddings, labels)`` that records per-batch statistics.
 
-    Subclasses implement :meth:`compute` and add entries to ``self.stats``.
+    Half-precision embeddings (float16/bfloat16, e.g. under autocast) are promoted to float32
+    before any computation. Subclasses implement :meth:`compute` and add entries to
+    ``self.stats``.
     """
 
     def __init__(self) -> None:
@@ -72,6 +74,8 @@ class DMLLoss(nn.Module, ABC):
         self.triplet_similarities: tuple[Tensor, Tensor] | None = None
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()  # exp(50 S), ulp-based validity: not in half precision
         self.stats = {"mean_pairwise_sim": mean_offdiagonal_cosine(embeddings)}
         self.triplet_similarities = None
         return self.compute(embeddings, labels)
@@ -88,7 +92,7 @@ class DMLLoss(nn.Module, ABC):
             hard_fraction=mean_or_nan(s_an > s_ap),
             mean_s_ap=mean_or_nan(s_ap),
             mean_s_an=mean_or_nan(s_an),
-            num_triplets=torch.tensor(float(s_ap.numel())),
+            num_triplets=torch.tensor(float(s_ap.numel()), device=s_ap.device),
         )
 
 
@@ -118,7 +122,7 @@ class TripletLoss(DMLLoss):
             with torch.no_grad():
                 self.record_triplets(*_COSINE.select(embeddings, [(a, p), (a, n)]))
         if a.numel() == 0:
-            self.stats["active_fraction"] = torch.tensor(float("nan"))
+            self.stats["active_fraction"] = torch.tensor(float("nan"), device=embeddings.device)
             return embeddings.sum() * 0
         terms, active = self.triplet_terms(m_ap, m_an)
         self.stats["active_fraction"] = mean_or_nan(active)
@@ -159,11 +163,11 @@ class PairLoss(DMLLoss):
                 mean_s_ap=mean_or_nan(cosine[a1, p]), mean_s_an=mean_or_nan(cosine[a2, n])
             )
         if a1.numel() + a2.numel() == 0:
-            self.stats["active_fraction"] = torch.tensor(0.0)
+            self.stats["active_fraction"] = torch.tensor(0.0, device=embeddings.device)
             return embeddings.sum() * 0
         loss, active = self.pair_loss(matrix, a1, p, a2, n)
         batch = labels.numel()
-        self.stats["active_fraction"] = active.detach().float().cpu() / max(batch * (batch - 1), 1)
+        self.stats["active_fraction"] = active.detach().float() / max(batch * (batch - 1), 1)
         return loss
 
     @abstractmethod
