@@ -1,4 +1,4 @@
-"""Triplet diagram (Xuan et al. ECCV 2020, Fig. 2/5): where the selected triplets lie in the
+"""Triplet diagram (the plots of Xuan et al. ECCV 2020): where the selected triplets lie in the
 (S_an, S_ap) plane during an epoch."""
 
 from __future__ import annotations

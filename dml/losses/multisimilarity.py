@@ -24,7 +24,7 @@ def _pair_mask(like: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 class MultiSimilarityLoss(PairLoss):
-    """Multi-similarity loss (Wang et al. CVPR 2019, Eq. 10) on cosine similarity S:
+    """Multi-similarity loss (Wang et al. CVPR 2019) on cosine similarity S:
 
         L = 1/B Σ_i [ 1/α log(1 + Σ_{k ∈ P_i} exp(-α (S_ik - λ)))
                       + 1/β log(1 + Σ_{k ∈ N_i} exp( β (S_ik - λ))) ]

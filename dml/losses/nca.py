@@ -14,7 +14,7 @@ _ULPS = 16
 
 
 class NCATripletLoss(TripletLoss):
-    """NCA / softplus triplet loss on cosine similarity (Xuan et al. ECCV 2020, Eq. 2):
+    """NCA / softplus triplet loss on cosine similarity (as used by Xuan et al. ECCV 2020):
 
         ℓ(a, p, n) = -log( exp(S_ap/τ) / (exp(S_ap/τ) + exp(S_an/τ)) ) = softplus((S_an - S_ap)/τ)
 

@@ -11,7 +11,7 @@ from dml.miners.base import TripletMiner
 
 class SCTLoss(NCATripletLoss):
     """Selectively contrastive triplet loss (Xuan et al., "Hard negative examples are hard, but
-    useful", ECCV 2020, Eq. 6), on cosine similarity:
+    useful", ECCV 2020), on cosine similarity:
 
         ℓ(a, p, n) = λ · S_an                         if the triplet is hard,
                      softplus((S_an - S_ap) / τ)      otherwise (the NCA term),

@@ -12,7 +12,7 @@ from dml.miners.triplet import BatchHardMiner
 
 
 class MarginTripletLoss(TripletLoss):
-    """Margin triplet loss (Weinberger & Saul 2009; Schroff et al. CVPR 2015, Eq. 1):
+    """Margin triplet loss (Weinberger & Saul 2009; Schroff et al. CVPR 2015, Sec. 3.1):
 
         ℓ(a, p, n) = max(0, d_ap - d_an + margin)
 

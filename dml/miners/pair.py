@@ -1,4 +1,4 @@
-"""Pair miners: all pairs, and multi-similarity pair mining (Wang et al. CVPR 2019, Eq. 7-8)."""
+"""Pair miners: all pairs, and multi-similarity pair mining (Wang et al. CVPR 2019)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class AllPairsMiner(PairMiner):
 
 
 class MultiSimilarityMiner(PairMiner):
-    """Multi-similarity pair mining (Wang et al. CVPR 2019, Eq. 7 and 8), with closeness ``c``:
+    """Multi-similarity pair mining (Wang et al. CVPR 2019, the mining step), with closeness ``c``:
 
         keep negative (i, j)  iff  c_ij + epsilon > min_{k in P_i} c_ik
         keep positive (i, j)  iff  c_ij - epsilon < max_{k in N_i} c_ik
