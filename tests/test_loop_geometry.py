@@ -193,8 +193,10 @@ def test_invariant_under_swapping_the_arcs_and_their_directions() -> None:
 def test_gradcheck_generic(dim: int) -> None:
     gen = torch.Generator().manual_seed(dim)
     inputs = [torch.randn(2, dim, generator=gen, dtype=DTYPE, requires_grad=True) for _ in range(4)]
-    assert torch.autograd.gradcheck(lambda *x: tuple(min_arc_distance(*x)), inputs)
-    assert torch.autograd.gradcheck(lambda *x: min_arc_distance(*x, endpoints_only=True), inputs)
+    fast = dim > 8  # a random projection of the Jacobian: the full one is slow in 16-D
+    check = torch.autograd.gradcheck
+    assert check(lambda *x: tuple(min_arc_distance(*x)), inputs, fast_mode=fast)
+    assert check(lambda *x: min_arc_distance(*x, endpoints_only=True), inputs, fast_mode=fast)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
