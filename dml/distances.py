@@ -55,6 +55,10 @@ class Distance(ABC):
         """Values mapped so that larger means closer: ``m`` for similarities, ``-m`` otherwise."""
         return values if self.higher_is_closer else -values
 
+    def farness(self, values: Tensor | float) -> Tensor | float:
+        """Values mapped so that larger means farther: ``-closeness``, without a double negation."""
+        return -values if self.higher_is_closer else values
+
 
 @dataclass(frozen=True)
 class CosineSimilarity(Distance):
@@ -95,12 +99,11 @@ class EuclideanDistance(Distance):
 
     def pairwise(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         x2 = (x * x).sum(dim=1)
+        y2 = x2 if y is None else (y * y).sum(dim=1)
+        gram = torch.addmm(x2[:, None] + y2[None, :], x, (x if y is None else y).T, alpha=-2.0)
+        sq = gram.clamp_min(0.0)
         if y is None:
-            sq = x2[:, None] + x2[None, :] - 2.0 * (x @ x.T)
-            sq = sq.clamp_min(0.0).fill_diagonal_(0.0)
-        else:
-            y2 = (y * y).sum(dim=1)
-            sq = (x2[:, None] + y2[None, :] - 2.0 * (x @ y.T)).clamp_min(0.0)
+            sq.fill_diagonal_(0.0)
         return self._from_squared(sq)
 
     def paired(self, x: Tensor, y: Tensor) -> Tensor:
@@ -115,6 +118,8 @@ class EuclideanDistance(Distance):
     def _from_squared(self, sq: Tensor) -> Tensor:
         if self.squared:
             return sq
+        if not (torch.is_grad_enabled() and sq.requires_grad):
+            return sq.sqrt()  # the guard below only matters for the gradient
         positive = sq > 0
         return torch.where(positive, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
 

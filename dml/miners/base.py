@@ -29,7 +29,7 @@ def masked_argmax(score: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(index, found)``; rows without any allowed entry have ``found = False`` and an
     arbitrary index.
     """
-    masked = score.masked_fill(~mask, float("-inf"))
+    masked = torch.where(mask, score, float("-inf"))
     return masked.argmax(dim=1), mask.any(dim=1)
 
 

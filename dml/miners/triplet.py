@@ -64,21 +64,17 @@ class PerAnchorTripletMiner(TripletMiner):
         positive, negative = label_masks(labels)
         if self.exclude_duplicates:
             positive &= ~self.distance.near_duplicate(matrix)
-        p, has_p = masked_argmax(self._score(self.positive, close, flip=True), positive)
+        if self.positive == "hardest":
+            p_score = self.distance.farness(matrix)
+        else:
+            p_score = close if self.positive == "easiest" else torch.rand_like(close)
+        p, has_p = masked_argmax(p_score, positive)
         if self.negative == "semihard":
             negative &= close <= close.gather(1, p[:, None])
-        n, has_n = masked_argmax(self._score(self.negative, close, flip=False), negative)
+        n_score = torch.rand_like(close) if self.negative == "random" else close
+        n, has_n = masked_argmax(n_score, negative)
         keep = has_p & has_n
         return keep.nonzero().squeeze(1), p[keep], n[keep]
-
-    @staticmethod
-    def _score(rule: str, close: Tensor, flip: bool) -> Tensor:
-        """What argmax maximises: closeness, its negation for the hardest positive, or noise."""
-        if rule == "random":
-            return torch.rand(close.shape, device=close.device)
-        if flip and rule == "hardest":
-            return -close
-        return close
 
     def __repr__(self) -> str:
         return (
