@@ -1,5 +1,6 @@
 """Embedding networks and the LightningModule."""
 
+from dml.models import convnet  # noqa: F401  (registers conv4 in timm)
 from dml.models.backbone import ConfigError, EmbeddingNet, create_backbone
 from dml.models.module import DMLModule, NonFiniteLossError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from typing import Any
 
 import timm
 import torch
@@ -16,12 +17,17 @@ class ConfigError(ValueError):
 
 
 def create_backbone(
-    name: str, in_chans: int = 3, pretrained: bool = False, pretrained_file: str | None = None
+    name: str,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """A timm model without classifier (``num_classes=0``: it returns pooled features).
 
     ``pretrained`` loads timm's published weights (needs internet or a filled hub cache);
-    ``pretrained_file`` loads a local weights file instead (offline clusters).
+    ``pretrained_file`` loads a local weights file instead (offline clusters). Other keyword
+    arguments go to the timm model (e.g. ``drop_path_rate``).
     """
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -29,7 +35,7 @@ def create_backbone(
             f"unknown backbone '{name}' (model.backbone): not a timm model"
             + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()")
         )
-    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
+    kwargs = {**kwargs, "num_classes": 0, "in_chans": in_chans}
     if pretrained_file:
         if not os.path.isfile(pretrained_file):
             raise ConfigError(f"model.pretrained_file not found: {pretrained_file}")
@@ -52,7 +58,8 @@ class EmbeddingNet(nn.Module):
 
     ``freeze_bn``: keep the backbone's BatchNorm layers in eval mode with frozen affine parameters,
     as in the protocol of "A Metric Learning Reality Check" (Musgrave et al., ECCV 2020).
-    ``embedding_dim=0`` uses the backbone features directly (no head).
+    ``embedding_dim=0`` uses the backbone features directly (no head); ``backbone_kwargs`` go to
+    timm's ``create_model``.
     """
 
     def __init__(
@@ -64,9 +71,12 @@ class EmbeddingNet(nn.Module):
         pretrained_file: str | None = None,
         freeze_bn: bool = False,
         normalize: bool = True,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = create_backbone(backbone, in_chans, pretrained, pretrained_file)
+        self.backbone = create_backbone(
+            backbone, in_chans, pretrained, pretrained_file, **(backbone_kwargs or {})
+        )
         features = self.backbone.num_features
         self.head = nn.Linear(features, embedding_dim) if embedding_dim else nn.Identity()
         self.embedding_dim = embedding_dim or features

@@ -11,6 +11,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from dml.distributed import (
+    broadcast_object,
+    gather_batch,
+    gather_in_dataset_order,
+    rank_and_world_size,
+)
 from dml.eval import nmi, retrieval_metrics
 from dml.models.backbone import EmbeddingNet
 
@@ -28,6 +34,11 @@ class DMLModule(L.LightningModule):
     A scheduler whose factory takes ``total_steps`` receives the run length in optimizer steps.
     Every training epoch starts from the RNG state ``seed + epoch``, so a run resumed from an
     epoch-end checkpoint continues exactly as the uninterrupted run would have.
+
+    Under DDP, ``cross_rank_mining`` (default) computes the loss on the global batch of all ranks
+    (:func:`dml.distributed.gather_batch`: same loss and gradients as one process on that batch);
+    ``False`` mines within each rank's shard and lets DDP average the per-rank gradients.
+    Evaluation gathers every rank's embeddings in dataset order and rank 0 computes the metrics.
     """
 
     def __init__(
@@ -41,6 +52,7 @@ class DMLModule(L.LightningModule):
         eval_ks: Sequence[int] = (1, 2, 4, 8),
         nmi: bool = False,
         seed: int = 0,
+        cross_rank_mining: bool = True,
         config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -48,6 +60,7 @@ class DMLModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.head_lr = scheduler_interval, head_lr
         self.eval_ks, self.compute_nmi, self.seed = tuple(eval_ks), nmi, seed
+        self.cross_rank_mining = cross_rank_mining
         self.config = config
         self.eval_metrics: dict[str, dict[str, float]] = {}
         self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
@@ -60,8 +73,10 @@ class DMLModule(L.LightningModule):
         L.seed_everything(self.seed * 1_000_003 + self.current_epoch, workers=True, verbose=False)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch[0], batch[1]
-        loss = self.loss(self.net(x), y)
+        embeddings, y = self.net(batch[0]), batch[1]
+        if self.cross_rank_mining:
+            embeddings, y = gather_batch(embeddings, y)
+        loss = self.loss(embeddings, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
@@ -106,6 +121,20 @@ class DMLModule(L.LightningModule):
         self._outputs.clear()
         if not parts:
             return {}
+        metrics = self._metrics(parts, with_nmi) if rank_and_world_size()[0] == 0 else None
+        metrics = broadcast_object(metrics)  # computed once, by rank 0
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        self.eval_metrics[prefix] = metrics
+        if not self.trainer.sanity_checking:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            fitting = self.trainer.state.fn == "fit"
+            when = f"epoch {self.current_epoch}" if fitting else "selected checkpoint"
+            self.print(f"[{when}] {prefix}: {shown}")
+        return metrics
+
+    def _metrics(
+        self, parts: list[tuple[torch.Tensor, torch.Tensor]], with_nmi: bool
+    ) -> dict[str, float]:
         (q, ql), gallery = parts[0], parts[1] if len(parts) > 1 else (None, None)
         metrics = retrieval_metrics(q, ql, *gallery, ks=self.eval_ks)
         if with_nmi:
@@ -114,25 +143,15 @@ class DMLModule(L.LightningModule):
                 if gallery[0] is None
                 else nmi(torch.cat([q, gallery[0]]), torch.cat([ql, gallery[1]]))
             )
-        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
-        self.eval_metrics[prefix] = metrics
-        if not self.trainer.sanity_checking:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            when = f"epoch {self.current_epoch}" if self.trainer.state.fn == "fit" else "selected checkpoint"
-            self.print(f"[{when}] {prefix}: {shown}")
         return metrics
 
-    def _gather(self, outputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _gather(outputs: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and labels of one eval split in dataset order (from all ranks, duplicates
         added by distributed padding dropped)."""
         emb, labels, idx = (torch.cat(t) for t in zip(*outputs, strict=False))
-        if self.trainer.world_size > 1:
-            emb, labels, idx = (self.all_gather(t).flatten(0, 1) for t in (emb, labels, idx))
-        order = torch.argsort(idx, stable=True)
-        emb, labels, idx = emb[order], labels[order], idx[order]
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[1:] = idx[1:] != idx[:-1]
-        return emb[keep].cpu(), labels[keep].cpu()
+        emb, labels = gather_in_dataset_order(emb, labels, idx)
+        return emb.cpu(), labels.cpu()
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch, dataloader_idx)
