@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from dml.data.dataset import DMLDataset
 from dml.data.records import DatasetError, Record
@@ -39,7 +39,11 @@ class DMLDataModule(L.LightningDataModule):
     """Train loader: :class:`PKBatchSampler` batches of ``batch_p`` classes × ``batch_k`` images.
     Eval loaders (in dataset order): ``val`` if the source has one or ``val_holdout > 0`` carves it
     from the training classes; ``test``, or ``query`` and ``gallery`` (evaluated apart).
-    Model selection uses ``val``, never ``test``."""
+    Model selection uses ``val``, never ``test``.
+
+    Distributed (``world_size`` ranks): the P×K sampler shards each global batch by class across
+    ranks (``batch_p`` is the global P); each eval loader reads its rank's share of the split in
+    order, padded to equal length (the module drops the duplicates when it gathers)."""
 
     def __init__(
         self,
@@ -87,21 +91,27 @@ class DMLDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
-        rank, world = 0, 1
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
+        rank, world = self._rank_and_world_size()
         sampler = PKBatchSampler(
             self.datasets["train"].labels, self.batch_p, self.batch_k, self.seed, rank, world
         )
         return self._loader(self.datasets["train"], batch_sampler=sampler)
 
+    def _eval_loader(self, dataset: DMLDataset) -> DataLoader:
+        rank, world = self._rank_and_world_size()
+        sampler = None
+        if world > 1:  # Lightning's automatic sampler is off (use_distributed_sampler: false)
+            sampler = DistributedSampler(dataset, world, rank, shuffle=False, drop_last=False)
+        return self._loader(dataset, batch_size=self.eval_batch_size, sampler=sampler)
+
     def _eval_loaders(self, names: tuple[str, ...]) -> list[DataLoader]:
-        return [
-            self._loader(self.datasets[n], batch_size=self.eval_batch_size, shuffle=False)
-            for n in names
-            if n in self.datasets
-        ]
+        return [self._eval_loader(self.datasets[n]) for n in names if n in self.datasets]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(("val",))
