@@ -55,8 +55,12 @@ class StopAfter(L.Callback):
 
 def test_killed_run_resumes_exactly(trained, tmp_path):
     full_dir, _ = trained
-    crash = tiny_config(tmp_path, "+callbacks.crash._target_=tests.test_training.StopAfter",
-                        "+callbacks.crash.epoch=1", "+callbacks.crash.batch=2")
+    crash = tiny_config(
+        tmp_path,
+        "+callbacks.crash._target_=tests.test_training.StopAfter",
+        "+callbacks.crash.epoch=1",
+        "+callbacks.crash.batch=2",
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crash)
     train(tiny_config(tmp_path, "ckpt_path=last"))
@@ -71,7 +75,11 @@ def test_resume_argv_reuses_the_runs_overrides(tmp_path):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- loss=sct\n- seed=3\n")
     assert resume_argv([f"resume={tmp_path}", "trainer.max_epochs=9"]) == [
-        "loss=sct", "seed=3", "trainer.max_epochs=9", f"hydra.run.dir={tmp_path}", "ckpt_path=last"
+        "loss=sct",
+        "seed=3",
+        "trainer.max_epochs=9",
+        f"hydra.run.dir={tmp_path}",
+        "ckpt_path=last",
     ]
     assert resume_argv(["seed=1"]) == ["seed=1"]
 
@@ -98,16 +106,26 @@ def test_bad_configs_give_one_line_errors(tmp_path):
 
 def test_cli_reports_unknown_backbone_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "dml.cli.train", "data=synthetic", "logger=csv",
-         "model.backbone=not_a_model", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dml.cli.train",
+            "data=synthetic",
+            "logger=csv",
+            "model.backbone=not_a_model",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown backbone 'not_a_model'")
 
 
 def test_load_embedder_matches_the_evaluated_model(trained):
-    run_dir, result = trained
+    _run_dir, result = trained
     embed = dml.load_embedder(result["checkpoint"], device="cpu")
     images = [Image.new("L", (16, 16), v) for v in (0, 128, 255)]
     z = embed(images)
@@ -117,14 +135,17 @@ def test_load_embedder_matches_the_evaluated_model(trained):
     net = embed.net
     direct = net(torch.stack([embed.transform(i) for i in images]))
     torch.testing.assert_close(z, direct)
-    assert any(torch.equal(v, net.state_dict()[k[4:]]) for k, v in ckpt["state_dict"].items()
-               if k.startswith("net."))
+    assert any(
+        torch.equal(v, net.state_dict()[k[4:]])
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("net.")
+    )
 
 
 def test_dml_eval_reproduces_the_test_metrics(trained, tmp_path, capsys):
     from dml.cli.eval import main
 
-    run_dir, result = trained
+    _run_dir, result = trained
     main([result["checkpoint"], "--output", str(tmp_path / "m.json"), "--accelerator", "cpu"])
     out = json.loads((tmp_path / "m.json").read_text())
     for k, v in result["test"].items():
