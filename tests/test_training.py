@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,22 @@ def test_cli_reports_unknown_backbone_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown backbone 'not_a_model'")
+
+
+def test_cli_reports_missing_data_in_one_line(tmp_path):
+    env = {**os.environ, "DML_DATA_DIR": str(tmp_path / "nowhere")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dml.cli.train", "logger=csv", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Omniglot archive not found: {tmp_path}/nowhere/omniglot/")
+    assert "DML_DATA_DIR" in last
 
 
 def test_load_embedder_matches_the_evaluated_model(trained):

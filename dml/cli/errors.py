@@ -33,5 +33,7 @@ def exit_on_user_error() -> Iterator[None]:
         user = _user_error(e)
         if user is None:
             raise
-        print(f"error: {user}", file=sys.stderr)
+        # an error raised in a DataLoader worker comes back with the worker's traceback in its
+        # message; its last line is the original one-line message
+        print(f"error: {str(user).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
