@@ -2,42 +2,44 @@
 Learning", ICCV 2021): the hardest negative of a positive pair is searched on the whole space
 between two negatives, not only at the negatives themselves.
 
-Geometry (paper Sec. 3, spherical case). Embeddings live on the unit sphere. A pair ``(a, b)``
-spans the shorter great-circle arc ``A = {cos s a + sin s u : 0 <= s <= theta_ab}`` with
-``u`` the unit tangent at ``a`` towards ``b``; likewise ``(c, d)`` spans
+Geometry (paper Sec. 3, the spherical case of L2-normalised embeddings). A pair ``(a, b)``
+spans the shorter great-circle arc ``A = {cos s a + sin s u : 0 <= s <= theta_ab}`` with ``u``
+the unit tangent at ``a`` towards ``b``; likewise ``(c, d)`` spans
 ``C = {cos t c + sin t v : 0 <= t <= theta_cd}``. The LoOp distance is the paper's optimum
 
     D*(a, b; c, d) = min_{p in A, q in C} |p - q|_2,
 
 the distance between the optimal positive point ``p*`` and the optimal hard negative ``q*``.
-The paper solves it with Lagrange multipliers (KKT) and enumerates the cases of active
-constraints; :func:`min_arc_distance` evaluates the same candidate set in closed form:
+The paper solves it with Lagrange multipliers and enumerates the cases of active constraints
+(KKT); we evaluate the same candidate set in closed form, as the largest cosine ``<p, q>``:
 
 * both points at arc endpoints (4 candidates: a-c, a-d, b-c, b-d);
-* one endpoint and its projection onto the other arc's great circle,
-  ``t = atan2(<x, v>, <x, c>)``, kept only if it falls inside the arc (4 candidates);
+* one endpoint and its projection onto the other arc's great circle, kept only if it falls
+  inside that arc (4 candidates);
 * both points interior: ``<p, q> = x(s)^T M y(t)`` with ``M = [[<a,c>, <a,v>], [<u,c>, <u,v>]]``
-  separates as ``Q cos(s - t - alpha) + R cos(s + t - beta)``, so the only interior maxima of the
-  cosine are ``s - t = alpha, s + t = beta`` (mod 2 pi) with value ``Q + R`` (the largest singular
-  value of ``M``: the cosine of the smallest principal angle between the two planes) -- 2
-  candidates, kept only if on both arcs.
+  separates as ``Q cos(s - t - alpha) + R cos(s + t - beta)``, whose only interior maxima are at
+  ``s - t = alpha, s + t = beta`` (mod 2 pi) with value ``Q + R`` (the largest singular value of
+  ``M``: the cosine of the smallest principal angle between the two planes) -- 2 candidates
+  (the two square roots), kept only if on both arcs.
 
 Everything is expressed through inner products, so it works in any dimension ``>= 2`` (no cross
-products), and gradients of the distance follow the envelope theorem: each candidate value is a
-closed-form function of the inner products (``hypot`` for projections, ``Q + R`` for the interior),
-so no gradient passes through the (possibly ill-conditioned) optimal angles.
+products). Whether a candidate lies on an arc is decided by sign tests (no angles, no gradient),
+and each candidate value is a closed-form function of the inner products (``hypot`` for
+projections, ``Q + R`` for the interior), so gradients follow the envelope theorem and never
+pass through the (possibly ill-conditioned) optimal angles.
 
 Decisions where the paper is silent:
 
-* a pair whose ``sin(angle)`` is below ``sqrt(machine eps)`` is *degenerate*: identical or
-  antipodal. Its "arc" is represented by its two endpoints only. For an identical pair this is
-  exact (up to that tolerance); an exactly antipodal pair has no unique shorter arc, and using its
-  endpoints is the only choice that does not depend on an arbitrary direction.
+* a pair whose ``sin(angle)`` is below ``sqrt(machine eps)`` is *degenerate* (identical or
+  antipodal): its "arc" is its two endpoints only. For an identical pair this is exact (up to
+  that tolerance); an exactly antipodal pair has no unique shorter arc, and its endpoints are
+  the only choice that does not depend on an arbitrary direction.
 * at a distance of 0 the gradient of the distance is taken as 0 (never NaN).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import abstractmethod
 from typing import NamedTuple
@@ -46,19 +48,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dml.distances import EuclideanDistance
 from dml.losses.base import DMLLoss, Reduction, mean_or_nan, reduce_terms
 from dml.losses.multisimilarity import _log1p_sum_exp
 from dml.miners.base import label_masks
 
-_EUCLIDEAN = EuclideanDistance()
-
-# Candidate order: 4 endpoint pairs (a-c, a-d, b-c, b-d), 4 endpoint projections (a and b onto
-# arc c->d, c and d onto arc a->b), 2 interior critical points (+ and - sign of the square root).
-# The point each candidate uses on each arc: 0 = first endpoint, 1 = second endpoint, 2 = an
-# in-plane direction (x1, x2), i.e. the point (x1 o + x2 w) / |(x1, x2)| of the arc's frame (o, w).
+# Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, a-d, b-c,
+# b-d), 4 endpoint projections (a and b onto arc c->d, c and d onto arc a->b), 2 interior
+# critical points (+ and - square root). The point each candidate uses on each arc: 0 = first
+# endpoint, 1 = second endpoint, 2 = an in-plane direction (x1, x2), i.e. the point
+# (x1 o + x2 w) / |(x1, x2)| in the arc's frame (o, w).
 _ON_FIRST_ARC = (0, 0, 1, 1, 0, 1, 2, 2, 2, 2)
 _ON_SECOND_ARC = (0, 1, 0, 1, 2, 2, 0, 1, 2, 2)
+# <z, o> of the 4 projections (endpoint z, o the first endpoint of the other arc) as rows of
+# the endpoint inner products <a,c>, <a,d>, <b,c>, <b,d>: <a,c>, <b,c>, <c,a>, <d,a>.
+_PROJECTION_ALONG = [0, 2, 0, 1]
 
 
 class ArcDistance(NamedTuple):
@@ -83,12 +86,18 @@ class _Span(NamedTuple):
 
 class _ArcDots(NamedTuple):
     """The inner products that fully determine the LoOp problem of the arcs a->b (frame a, u)
-    and c->d (frame c, v), and the two arcs' spans."""
+    and c->d (frame c, v), and the two arcs' spans. Candidate axis first."""
 
     ends: Tensor
-    """``[..., 4]``: <a,c>, <a,d>, <b,c>, <b,d>."""
+    """``[4, ...]``: <a,c>, <a,d>, <b,c>, <b,d>."""
     across: Tensor
-    """``[..., 4]``: <a,v>, <b,v>, <c,u>, <d,u>."""
+    """``[4, ...]``: <a,v>, <b,v>, <c,u>, <d,u> (projections of a, b on arc c->d, of c, d on
+    arc a->b)."""
+    beyond: Tensor
+    """``[4, ...]``: for the same projections, ``<z, o> sin(angle) - <z, w> cos(angle)`` of the
+    target arc (frame o, w); >= 0 iff the projection does not pass the arc's far end."""
+    target_ok: Tensor
+    """``[4, ...]``: the target arc of each projection is not degenerate."""
     uv: Tensor
     first: _Span
     second: _Span
@@ -101,7 +110,8 @@ def _safe_sqrt(x: Tensor) -> Tensor:
 
 
 def _hypot(x: Tensor, y: Tensor) -> Tensor:
-    return _safe_sqrt(x * x + y * y)
+    """``sqrt(x^2 + y^2 + tiny)``: gradient 0 (not NaN) at ``x = y = 0``."""
+    return torch.addcmul(x * x, y, y).add_(torch.finfo(x.dtype).tiny).sqrt()
 
 
 def _arc(x: Tensor, y: Tensor) -> tuple[Tensor, _Span]:
@@ -124,82 +134,74 @@ def _sides(x1: Tensor, x2: Tensor, span: _Span) -> tuple[Tensor, Tensor]:
     return x2, x1 * span.sin_angle - x2 * span.cos_angle
 
 
-def _in_arc(x1: Tensor, x2: Tensor, span: _Span) -> Tensor:
-    after_start, before_end = _sides(x1, x2, span)
-    return span.ok & (after_start >= 0) & (before_end >= 0)
+def _norm_pairs(d: _ArcDots) -> tuple[Tensor, Tensor]:
+    """``(x, y)``, ``[6, ...]``: the six 2-D vectors whose norms are the candidate cosines.
 
-
-def _interior(d: _ArcDots) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Interior critical point: ``(cos, p_dir, q_dir, ok)``.
-
-    With ``x(s) = (cos s, sin s)`` and ``y(t)`` alike, ``<p, q> = x^T M y``
-    ``= Q cos(s - t - alpha) + R cos(s + t - beta)`` where ``Q e^{i alpha} = E + iH`` and
-    ``R e^{i beta} = F + iG``. Its maximum ``Q + R`` is at ``e^{is} = +-sqrt(e^{i(alpha+beta)})``,
-    ``e^{it} = e^{is} e^{-i alpha}``; ``p_dir``, ``q_dir`` (``[..., 2]``, unnormalised) are one of
-    the two sign choices, the other is their negation. ``ok`` is False when ``Q R`` vanishes
-    (coplanar or isoclinic arcs): the maxima then form a continuum that reaches the boundary of
-    the arcs, where the projection candidates find them.
+    Rows 0-3, projections: endpoint ``z`` of one arc meets the other arc's circle (frame
+    ``o, w``) best at ``(<z,o> o + <z,w> w) / hypot(<z,o>, <z,w>)``, with cosine
+    ``hypot(<z,o>, <z,w>)``; ``x = <z,o>`` is <a,c>, <b,c>, <c,a>, <d,a>, ``y = <z,w>`` is
+    ``across``. Rows 4-5, interior: with ``x(s) = (cos s, sin s)`` and ``y(t)`` alike,
+    ``x(s)^T M y(t) = (E cos(s-t) + H sin(s-t) + F cos(s+t) + G sin(s+t)) / 2``
+    ``= Q cos(s - t - alpha) + R cos(s + t - beta)`` where ``E = <a,c> + <u,v>``,
+    ``F = <a,c> - <u,v>``, ``G = <a,v> + <u,c>``, ``H = <u,c> - <a,v>``,
+    ``2Q e^{i alpha} = E + iH`` and ``2R e^{i beta} = F + iG``; its maximum over both circles is
+    ``Q + R``. Row 4 is ``(E, H)``, row 5 is ``(F, G)``.
     """
-    ac = d.ends[..., 0]
-    av, cu = d.across[..., 0], d.across[..., 2]
-    e, f = (ac + d.uv) / 2, (ac - d.uv) / 2
-    g, h = (av + cu) / 2, (cu - av) / 2
-    q, r = _hypot(e, h), _hypot(f, g)
-    qr = q * r
-    re, im = e * f - h * g, e * g + h * f  # (E + iH)(F + iG) = QR e^{i(alpha + beta)}
+    ac, av, cu = d.ends[0], d.across[0], d.across[2]
+    x = torch.cat((d.ends[_PROJECTION_ALONG], torch.stack((ac + d.uv, ac - d.uv))))
+    y = torch.cat((d.across, torch.stack((cu - av, av + cu))))
+    return x, y
+
+
+def _interior_directions(x: Tensor, y: Tensor, qr: Tensor) -> tuple[Tensor, Tensor]:
+    """In-plane directions ``p_dir``, ``q_dir`` (``[2, ...]``, unnormalised) of the interior
+    maximum of :func:`_norm_pairs` (``x, y`` its output, ``qr = 4 Q R``):
+    ``e^{is} = +-sqrt(e^{i(alpha + beta)})`` and ``e^{it} = e^{is} e^{-i alpha}``. They are one
+    of the two sign choices; the other is their negation."""
+    e, f, h, g = x[4], x[5], y[4], y[5]
+    re, im = e * f - h * g, e * g + h * f  # (E + iH)(F + iG) = 4QR e^{i(alpha + beta)}
     right = re >= 0  # two half-angle formulas, each free of cancellation on its side
     p1, p2 = torch.where(right, qr + re, im), torch.where(right, im, qr - re)
-    p_dir = torch.stack((p1, p2), dim=-1)
-    q_dir = torch.stack((p1 * e + p2 * h, p2 * e - p1 * h), dim=-1)  # times (E - iH) = Q e^{-ia}
-    ok = d.first.ok & d.second.ok & (qr > torch.finfo(qr.dtype).eps ** 2)
-    return q + r, p_dir, q_dir, ok
-
-
-def _projection_along(ends: Tensor) -> Tensor:
-    """``<x, o>`` for the 4 projections (``x`` the endpoint, ``o`` the first endpoint of the
-    other arc): <a,c>, <b,c>, <c,a>, <d,a>, picked from ``ends`` = <a,c>, <a,d>, <b,c>, <b,d>."""
-    return torch.stack((ends[..., 0], ends[..., 2], ends[..., 0], ends[..., 1]), dim=-1)
+    q1, q2 = p1 * e + p2 * h, p2 * e - p1 * h  # times (E - iH) = 2Q e^{-i alpha}
+    return torch.stack((p1, p2)), torch.stack((q1, q2))
 
 
 def _candidates(d: _ArcDots, endpoints_only: bool) -> Tensor:
     """Cosines ``<p, q>`` of the candidate point pairs, ``-inf`` where a candidate is not on both
-    arcs: ``[..., K]``, ``K = 4`` with ``endpoints_only`` else 10, in the order of
-    ``_ON_FIRST_ARC`` / ``_ON_SECOND_ARC``.
+    arcs: ``[K, ...]``, ``K = 4`` with ``endpoints_only`` else 10, in the order of
+    ``_ON_FIRST_ARC`` / ``_ON_SECOND_ARC``. Only the values carry gradients; which candidates
+    lie on the arcs is decided without autograd (sign tests).
     """
     if endpoints_only:
         return d.ends
-    # Endpoint x projected onto the other arc's circle (frame o, w): the best point of the
-    # circle is (<x,o> o + <x,w> w) / hypot(<x,o>, <x,w>), with cosine hypot(<x,o>, <x,w>).
-    along = _projection_along(d.ends)
-    on_arc = torch.cat(  # a, b land on arc (c, d); c, d on arc (a, b)
-        [
-            _in_arc(along[..., half], d.across[..., half], _Span(*(x[..., None] for x in span)))
-            for half, span in ((slice(0, 2), d.second), (slice(2, 4), d.first))
-        ],
-        dim=-1,
-    )
-    projections = torch.where(on_arc, _hypot(along, d.across), -math.inf)
-
-    inner_cos, p_dir, q_dir, ok = _interior(d)
-    start_p, end_p = _sides(p_dir[..., 0], p_dir[..., 1], d.first)
-    start_q, end_q = _sides(q_dir[..., 0], q_dir[..., 1], d.second)
-    plus = ok & (start_p >= 0) & (end_p >= 0) & (start_q >= 0) & (end_q >= 0)
-    minus = ok & (start_p <= 0) & (end_p <= 0) & (start_q <= 0) & (end_q <= 0)
-    inner = torch.where(torch.stack((plus, minus), dim=-1), inner_cos[..., None], -math.inf)
-    return torch.cat((d.ends, projections, inner), dim=-1)
+    x, y = _norm_pairs(d)
+    norms = _hypot(x, y)
+    with torch.no_grad():
+        on_arc = d.target_ok & (torch.minimum(d.across, d.beyond) >= 0)
+        qr = norms[4] * norms[5]
+        p_dir, q_dir = _interior_directions(x, y, qr)
+        sides = torch.stack((*_sides(*p_dir, d.first), *_sides(*q_dir, d.second)))
+        # Q R = 0: coplanar or isoclinic arcs, the maxima form a continuum that reaches the
+        # boundary of the arcs, where the projections find them.
+        ok = d.first.ok & d.second.ok & (qr > 4 * torch.finfo(qr.dtype).eps ** 2)
+        # (p, q) or (-p, -q) is on both arcs: all four sides >= 0, or all <= 0.
+        inner_ok = ok & torch.stack((sides.amin(dim=0) >= 0, sides.amax(dim=0) <= 0))
+    projections = norms[:4].masked_fill(~on_arc, -math.inf)
+    inner = ((norms[4] + norms[5]) / 2).expand_as(inner_ok).masked_fill(~inner_ok, -math.inf)
+    return torch.cat((d.ends, projections, inner))
 
 
 def _candidate_directions(d: _ArcDots) -> tuple[Tensor, Tensor]:
-    """In-plane directions ``[..., 10, 2]`` of every candidate's point on the first and the
+    """In-plane directions ``[10, ..., 2]`` of every candidate's point on the first and the
     second arc (zeros where the candidate uses an endpoint)."""
-    projections = torch.stack((_projection_along(d.ends), d.across), dim=-1)  # [..., 4, 2]
-    _, p_dir, q_dir, _ = _interior(d)
-    zeros = projections.new_zeros((*projections.shape[:-2], 6, 2))
-    p_dir, q_dir = p_dir[..., None, :], q_dir[..., None, :]
-    first = torch.cat((zeros, projections[..., 2:, :], p_dir, -p_dir), dim=-2)
-    second = torch.cat(
-        (zeros[..., :4, :], projections[..., :2, :], zeros[..., :2, :], q_dir, -q_dir), -2
-    )
+    x, y = _norm_pairs(d)
+    projections = torch.stack((x[:4], y[:4]), dim=-1)  # [4, ..., 2]
+    norms = _hypot(x, y)
+    p_dir, q_dir = _interior_directions(x, y, norms[4] * norms[5])
+    p_dir, q_dir = p_dir.movedim(0, -1)[None], q_dir.movedim(0, -1)[None]
+    zeros = torch.zeros_like(projections)
+    first = torch.cat((zeros, zeros[:2], projections[2:], p_dir, -p_dir))
+    second = torch.cat((zeros, projections[:2], zeros[:2], q_dir, -q_dir))
     return first, second
 
 
@@ -231,24 +233,33 @@ def min_arc_distance(
     (u, first), (v, second) = _arc(a, b), _arc(c, d)
 
     def dots(*pairs: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.stack(torch.broadcast_tensors(*((x * y).sum(-1) for x, y in pairs)), -1)
+        return torch.stack(torch.broadcast_tensors(*((x * y).sum(-1) for x, y in pairs)))
 
+    ends, across = dots((a, c), (a, d), (b, c), (b, d)), dots((a, v), (b, v), (c, u), (d, u))
+    targets = _Span(  # the arc each projection lands on: a, b on (c, d); c, d on (a, b)
+        *(
+            torch.stack(torch.broadcast_tensors(s, s, f, f))
+            for f, s in zip(first, second, strict=True)
+        )
+    )
     arc_dots = _ArcDots(
-        ends=dots((a, c), (a, d), (b, c), (b, d)),
-        across=dots((a, v), (b, v), (c, u), (d, u)),
+        ends=ends,
+        across=across,
+        beyond=_sides(ends[_PROJECTION_ALONG], across, targets)[1],
+        target_ok=targets.ok,
         uv=(u * v).sum(-1),
         first=first,
         second=second,
     )
     cos = _candidates(arc_dots, endpoints_only)
-    best_cos, best = cos.max(dim=-1)
-    k = cos.shape[-1]
+    best_cos, best = cos.max(dim=0)
+    k = cos.shape[0]
     kinds = [torch.tensor(x[:k], device=best.device)[best] for x in (_ON_FIRST_ARC, _ON_SECOND_ARC)]
     if endpoints_only:  # only endpoint candidates: the directions are unused
         p = q = best_cos.new_zeros((*best.shape, 2))
     else:
-        index = best[..., None, None].expand(*best.shape, 1, 2)
-        p, q = (x.gather(-2, index).squeeze(-2) for x in _candidate_directions(arc_dots))
+        index = best[None, ..., None].expand(1, *best.shape, 2)
+        p, q = (x.gather(0, index)[0] for x in _candidate_directions(arc_dots))
     return ArcDistance(
         distance=_chord(best_cos),
         point_first=_point(kinds[0], p, a, b, u),
@@ -257,72 +268,161 @@ def min_arc_distance(
 
 
 # ----------------------------------------------------------------------------- batch level
-class PositivePairs(NamedTuple):
-    """The positive pairs of a batch: every ``(first[k], second[k])``, ``first < second``, of one
-    class, in lexicographic order; ``label[k]`` is their class."""
+class PairsOfPairs(NamedTuple):
+    """Index structure of a batch for LoOp: its positive pairs and every two of them of
+    different classes. Depends only on which labels are equal (see :func:`pairs_of_pairs`)."""
 
     first: Tensor
+    """``[P]`` the positive pairs ``(first[k], second[k])``: every same-class ``i < j``, in
+    lexicographic order."""
     second: Tensor
-    label: Tensor
+    negative: Tensor
+    """``[P, P]`` True where pairs ``k`` and ``l`` are of different classes."""
+    row: Tensor
+    """``[N]`` the pairs of pairs ``(row[n], col[n])``, ``row < col``, of different classes."""
+    col: Tensor
+    ends: Tensor
+    """``[4, N]`` flat indices into ``[B, B]`` of (a,c), (a,d), (b,c), (b,d) where
+    ``(a, b) = pair row[n]`` and ``(c, d) = pair col[n]``."""
+    across: Tensor
+    """``[4, N]`` flat indices into ``[B, P]`` of the projections: (a, col), (b, col), (c, row),
+    (d, row)."""
+    targets: Tensor
+    """``[4, N]`` the pair each projection lands on: col, col, row, row."""
+    uv: Tensor
+    """``[N]`` flat indices into ``[P, P]`` of (row, col)."""
+    symmetric: tuple[Tensor, Tensor]
+    """``(row ++ col, col ++ row)``: both halves of the symmetric ``[P, P]`` matrix."""
 
 
-def positive_pairs(labels: Tensor) -> PositivePairs:
-    """All same-class pairs ``i < j`` of the batch (a class with one sample forms none)."""
-    same = labels[:, None] == labels[None, :]
+def _flat(rows: Tensor, cols: Tensor, width: int) -> Tensor:
+    return rows * width + cols
+
+
+@functools.lru_cache(maxsize=16)
+def _pairs_of_pairs(groups: tuple[int, ...], device: torch.device) -> PairsOfPairs:
+    group = torch.tensor(groups, device=device)
+    same = group[:, None] == group[None, :]
     first, second = torch.triu(same, diagonal=1).nonzero(as_tuple=True)
-    return PositivePairs(first, second, labels[first])
+    negative = group[first][:, None] != group[first][None, :]
+    row, col = torch.triu(negative, diagonal=1).nonzero(as_tuple=True)
+    a, b, c, d = first[row], second[row], first[col], second[col]
+    batch, n_pairs = len(groups), len(first)
+    targets = torch.stack((col, col, row, row))
+    return PairsOfPairs(
+        first=first,
+        second=second,
+        negative=negative,
+        row=row,
+        col=col,
+        ends=_flat(torch.stack((a, a, b, b)), torch.stack((c, d, c, d)), batch),
+        across=_flat(torch.stack((a, b, c, d)), targets, n_pairs),
+        targets=targets,
+        uv=_flat(row, col, n_pairs),
+        symmetric=(torch.cat((row, col)), torch.cat((col, row))),
+    )
 
 
-def _entries(matrix: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``matrix[rows, cols]`` through a flat ``gather`` (its backward, a scatter-add, is much
-    faster on CPU than the accumulating index-put of advanced indexing)."""
-    flat = rows * matrix.shape[1] + cols
+def pairs_of_pairs(labels: Tensor) -> PairsOfPairs:
+    """The :class:`PairsOfPairs` of a batch with these ``[B]`` labels. Cached on the pattern of
+    equal labels (each sample replaced by the index of the first sample of its class), which is
+    the same for every batch of a P×K sampler that keeps each class's samples together."""
+    same = labels[:, None] == labels[None, :]
+    groups = same.to(torch.uint8).argmax(dim=1)  # index of the first sample of the class
+    return _pairs_of_pairs(tuple(groups.tolist()), labels.device)
+
+
+def _entries(matrix: Tensor, flat: Tensor) -> Tensor:
+    """``matrix.flatten()[flat]`` through ``gather`` (its backward, a scatter-add, is much faster
+    on CPU than the accumulating index-put of advanced indexing)."""
     return matrix.reshape(-1).gather(0, flat.reshape(-1)).view(flat.shape)
 
 
-def loop_cosines(unit: Tensor, pairs: PositivePairs, endpoints_only: bool = False) -> Tensor:
+def loop_cosines(
+    gram: Tensor,
+    pairs: PairsOfPairs,
+    endpoints_only: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """``C[k, l] = <p*, q*>``, the cosine of the LoOp optimum between the arc of pair ``k`` and
     the arc of pair ``l`` (so ``D*_kl = sqrt(2 - 2 C_kl)``), for every two pairs of different
-    classes; ``[P, P]``, symmetric, 0 (not computed) between pairs of the same class.
+    classes; ``[P, P]`` in ``dtype`` (default ``gram.dtype``), symmetric, 0 (not computed)
+    between pairs of the same class.
 
-    ``unit``: ``[B, D]`` L2-normalised embeddings. Every inner product is gathered from three
-    matrix products (embeddings x embeddings, embeddings x arc tangents, tangents x tangents),
-    so the cost per pair of pairs does not depend on ``D``.
+    ``gram``: ``[B, B]`` inner products of L2-normalised embeddings. Everything is derived from
+    it: the tangent ``u_k = (x_j - c_k x_i) / s_k`` of pair ``k = (i, j)`` (``c_k = <x_i, x_j>``,
+    ``s_k = sqrt(1 - c_k^2)``) is never formed, ``<x_n, u_k>`` and ``<u_k, u_l>`` are linear
+    combinations of Gram entries, so the cost per pair of pairs does not depend on ``D``. Their
+    rounding error grows like ``eps / s``: they are formed in the precision of ``gram`` (use
+    float64 for float32 embeddings); the candidate search then runs in ``dtype``.
     """
+    dtype = dtype or gram.dtype
+    if endpoints_only:
+        best = _entries(gram.to(dtype), pairs.ends).max(dim=0).values
+        return best.new_zeros(pairs.negative.shape).index_put(pairs.symmetric, best.repeat(2))
     i, j = pairs.first, pairs.second
-    tangent, span = _arc(unit[i], unit[j])
-    # Pairs of pairs (row, col), row < col, of different classes: (a, b) = (i, j)[row], (c, d) =
-    # (i, j)[col], u = tangent[row], v = tangent[col].
-    row, col = torch.triu(pairs.label[:, None] != pairs.label[None, :], diagonal=1).nonzero().T
-    a, b, c, d = i[row], j[row], i[col], j[col]
-    dots = _ArcDots(
-        ends=_entries(unit @ unit.T, torch.stack((a, a, b, b), -1), torch.stack((c, d, c, d), -1)),
-        across=_entries(  # <x_n, u_m>
-            unit @ tangent.T, torch.stack((a, b, c, d), -1), torch.stack((col, col, row, row), -1)
-        ),
-        uv=_entries(tangent @ tangent.T, row, col),
-        first=_Span(*(x[row] for x in span)),
-        second=_Span(*(x[col] for x in span)),
+    batch, n_pairs = gram.shape[0], len(i)
+    cos = gram[i, j]
+    sin = _safe_sqrt((1 - cos) * (1 + cos))
+    floor = math.sqrt(torch.finfo(gram.dtype).eps)
+    ok = sin > floor
+    inv_sin = (1 / sin.clamp_min(floor)).masked_fill(~ok, 0.0)
+    # Tangents as a linear map of the embeddings, U = X W: column k of W holds 1/s_k at row j_k
+    # and -c_k/s_k at row i_k. Then <x_n, u_l> = (G W)[n, l] and <u_k, u_l> = (W^T G W)[k, l].
+    pair_index = torch.arange(n_pairs, device=gram.device)
+    w = gram.new_zeros(batch, n_pairs).index_put(
+        (torch.cat((j, i)), pair_index.repeat(2)), torch.cat((inv_sin, -cos * inv_sin))
     )
-    cos = _candidates(dots, endpoints_only).max(dim=-1).values
-    size = (len(i), len(i))
-    return cos.new_zeros(size).index_put((row, col), cos).index_put((col, row), cos)
+    along = gram @ w  # [B, P]: <x_n, u_l>
+    uu = w.T @ along  # [P, P]: <u_k, u_l>
+    with torch.no_grad():  # <x_n, x_i sin - u cos>: >= 0 iff x_n does not project past x_j
+        beyond = (gram[:, i] * sin - along * cos).to(dtype)
+        spans = torch.stack((cos, sin)).to(dtype)
+    rows, cols = pairs.row, pairs.col
+    gram, along, uu = gram.to(dtype), along.to(dtype), uu.to(dtype)
+    dots = _ArcDots(
+        ends=_entries(gram, pairs.ends),
+        across=_entries(along, pairs.across),
+        beyond=_entries(beyond, pairs.across),
+        target_ok=ok[pairs.targets],
+        uv=_entries(uu, pairs.uv),
+        first=_Span(*spans[:, rows], ok[rows]),
+        second=_Span(*spans[:, cols], ok[cols]),
+    )
+    best = _candidates(dots, endpoints_only=False).max(dim=0).values
+    return best.new_zeros(pairs.negative.shape).index_put(pairs.symmetric, best.repeat(2))
 
 
 # ----------------------------------------------------------------------------- losses
+def _gram_dtype(embeddings: Tensor) -> torch.dtype:
+    """float64 for the Gram matrix and the arc frames (its rounding enters them divided by
+    sin(angle)), float32 on devices without float64 (MPS); the rest of the loss runs in the
+    embeddings' dtype promoted to at least float32."""
+    return torch.float32 if embeddings.device.type == "mps" else torch.float64
+
+
+def _normalised_gram(embeddings: Tensor) -> Tensor:
+    """Inner products of the L2-normalised embeddings, normalising the ``[B, B]`` Gram matrix
+    rather than the ``[B, D]`` embeddings (zero embeddings get inner products 0, as with an
+    epsilon of 1e-12 on the norm)."""
+    gram = embeddings @ embeddings.T
+    norm = gram.diagonal().clamp_min(1e-24).sqrt()
+    return gram / norm[:, None] / norm[None, :]
+
+
 class LoOpTuples(NamedTuple):
     """What every LoOp loss needs from a batch (``P`` positive pairs)."""
 
-    unit: Tensor
-    """``[B, D]`` L2-normalised embeddings."""
+    gram: Tensor
+    """``[B, B]`` inner products of the L2-normalised embeddings."""
     labels: Tensor
-    pairs: PositivePairs
-    positive_cos: Tensor
-    """``[P]`` cosine ``S_k`` of each positive pair."""
+    pairs: PairsOfPairs
     loop_cos: Tensor
-    """``[P, P]`` LoOp cosines ``S*_kl = <p*, q*>`` (valid where ``negative``)."""
-    negative: Tensor
-    """``[P, P]`` True where pairs ``k`` and ``l`` are of different classes."""
+    """``[P, P]`` LoOp cosines ``S*_kl = <p*, q*>`` (valid where ``pairs.negative``)."""
+
+    def positive_cos(self) -> Tensor:
+        """``[P]`` cosine ``S_k`` of each positive pair."""
+        return self.gram[self.pairs.first, self.pairs.second]
 
 
 class LoOpLoss(DMLLoss):
@@ -346,10 +446,8 @@ class LoOpLoss(DMLLoss):
         self.endpoints_only = endpoints_only
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        unit = F.normalize(embeddings, dim=1)
-        pairs = positive_pairs(labels)
-        negative = pairs.label[:, None] != pairs.label[None, :]
-        if not bool(negative.any()):
+        pairs = pairs_of_pairs(labels)
+        if pairs.row.numel() == 0:
             empty = embeddings.new_zeros(0)
             if self.records_triplets:
                 self.record_triplets(empty, empty)
@@ -357,21 +455,23 @@ class LoOpLoss(DMLLoss):
                 self.stats.update(mean_s_ap=mean_or_nan(empty), mean_s_an=mean_or_nan(empty))
             self.stats["active_fraction"] = mean_or_nan(empty)
             return embeddings.sum() * 0
-        positive_cos = (unit[pairs.first] * unit[pairs.second]).sum(dim=1)
-        loop_cos = loop_cosines(unit, pairs, self.endpoints_only)
-        return self.loop_loss(LoOpTuples(unit, labels, pairs, positive_cos, loop_cos, negative))
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        gram = _normalised_gram(embeddings.to(_gram_dtype(embeddings)))
+        loop_cos = loop_cosines(gram, pairs, self.endpoints_only, dtype)
+        gram = gram.to(dtype)
+        tuples = LoOpTuples(gram, labels, pairs, loop_cos)
+        return self.loop_loss(tuples).to(embeddings.dtype)
 
     @abstractmethod
     def loop_loss(self, t: LoOpTuples) -> Tensor:
         """The loss from the batch's LoOp tuples; records its statistics."""
 
-    def record_pair_stats(self, t: LoOpTuples, active: Tensor) -> None:
+    def record_pair_stats(self, t: LoOpTuples, positive_cos: Tensor, active: Tensor) -> None:
         """Pair-loss statistics: mean cosine of the positive pairs and of the LoOp negatives
         (every pair of pairs of different classes once) and the fraction ``active``."""
-        upper = torch.triu(t.negative, diagonal=1)
         self.stats.update(
-            mean_s_ap=mean_or_nan(t.positive_cos.detach()),
-            mean_s_an=mean_or_nan(t.loop_cos.detach()[upper]),
+            mean_s_ap=mean_or_nan(positive_cos),
+            mean_s_an=mean_or_nan(t.loop_cos.detach()[t.pairs.row, t.pairs.col]),
             active_fraction=active.detach().float().mean(),
         )
 
@@ -399,12 +499,11 @@ class LoOpTripletLoss(LoOpLoss):
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
         positive, _ = label_masks(t.labels)
-        distance = _EUCLIDEAN.pairwise(t.unit).masked_fill(~positive, -math.inf)
-        hardest = distance.max(dim=1).values
+        hardest = _chord(t.gram.masked_fill(~positive, math.inf).min(dim=1).values)
         d_ap = torch.maximum(hardest[t.pairs.first], hardest[t.pairs.second])
-        s_an = t.loop_cos.masked_fill(~t.negative, -math.inf).max(dim=1).values
+        s_an = t.loop_cos.masked_fill(~t.pairs.negative, -math.inf).max(dim=1).values
         terms = F.relu(d_ap - _chord(s_an) + self.margin)
-        self.record_triplets((1 - d_ap.detach() ** 2 / 2), s_an.detach())
+        self.record_triplets((1 - d_ap.detach() ** 2 / 2).float(), s_an.detach().float())
         self.stats["active_fraction"] = mean_or_nan(terms > 0)
         return reduce_terms(terms, self.reduction)
 
@@ -434,10 +533,10 @@ class LoOpContrastiveLoss(LoOpLoss):
         self.reduction = reduction
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
-        d_pos = _EUCLIDEAN.paired(t.unit[t.pairs.first], t.unit[t.pairs.second])
-        pos = F.relu(d_pos - self.pos_margin)
-        neg = F.relu(self.neg_margin - _chord(t.loop_cos[torch.triu(t.negative, diagonal=1)]))
-        self.record_pair_stats(t, torch.cat((pos, neg)) > 0)
+        s_pos = t.positive_cos()
+        pos = F.relu(_chord(s_pos) - self.pos_margin)
+        neg = F.relu(self.neg_margin - _chord(t.loop_cos[t.pairs.row, t.pairs.col]))
+        self.record_pair_stats(t, s_pos, torch.cat((pos, neg)) > 0)
         return reduce_terms(pos, self.reduction) + reduce_terms(neg, self.reduction)
 
 
@@ -468,15 +567,15 @@ class LoOpMultiSimilarityLoss(LoOpLoss):
         self.epsilon = epsilon
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
-        s_pos, s_neg = t.positive_cos, t.loop_cos
+        s_pos, s_neg = t.positive_cos(), t.loop_cos
         with torch.no_grad():
-            hardest_neg = s_neg.masked_fill(~t.negative, -math.inf).max(dim=1).values
+            hardest_neg = s_neg.masked_fill(~t.pairs.negative, -math.inf).max(dim=1).values
             keep_pos = s_pos - self.epsilon < hardest_neg
-            keep_neg = t.negative & (s_neg + self.epsilon > s_pos[:, None])
+            keep_neg = t.pairs.negative & (s_neg + self.epsilon > s_pos[:, None])
         pos = torch.where(keep_pos, F.softplus(-self.alpha * (s_pos - self.base)), 0.0)
         neg = _log1p_sum_exp(self.beta * (s_neg - self.base), keep_neg)
         terms = pos / self.alpha + neg / self.beta
-        self.record_pair_stats(t, torch.cat((keep_pos, keep_neg[t.negative])))
+        self.record_pair_stats(t, s_pos, torch.cat((keep_pos, keep_neg[t.pairs.negative])))
         return terms.mean()
 
 
@@ -498,8 +597,8 @@ class LoOpLiftedStructureLoss(LoOpLoss):
         self.margin = margin
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
-        d_pos = _EUCLIDEAN.paired(t.unit[t.pairs.first], t.unit[t.pairs.second])
-        logits = (self.margin - _chord(t.loop_cos)).masked_fill(~t.negative, -math.inf)
-        terms = F.relu(d_pos + torch.logsumexp(logits, dim=1))
-        self.record_pair_stats(t, terms > 0)
+        s_pos = t.positive_cos()
+        logits = (self.margin - _chord(t.loop_cos)).masked_fill(~t.pairs.negative, -math.inf)
+        terms = F.relu(_chord(s_pos) + torch.logsumexp(logits, dim=1))
+        self.record_pair_stats(t, s_pos, terms > 0)
         return terms.mean()
