@@ -123,7 +123,9 @@ class DMLModule(L.LightningModule):
             return {}
         metrics = self._metrics(parts, with_nmi) if rank_and_world_size()[0] == 0 else None
         metrics = broadcast_object(metrics)  # computed once, by rank 0
-        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        # Identical on every rank: the "max" sync changes nothing and keeps Lightning from warning.
+        logged = {f"{prefix}/{k}": v for k, v in metrics.items()}
+        self.log_dict(logged, sync_dist=True, reduce_fx="max")
         self.eval_metrics[prefix] = metrics
         if not self.trainer.sanity_checking:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
