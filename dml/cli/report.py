@@ -1,0 +1,43 @@
+"""``dml-report [SWEEP_DIR] [--paper] [--out DIR]``: the table and bar plot of a sweep.
+
+Reads every run under SWEEP_DIR (a ``dml-train -m`` output directory, default: the newest under
+./multirun) from disk: its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files. Groups runs
+by strategy (the loss config) × dataset (the data config), averages over seeds, and writes
+``report.md``, ``report.csv``, ``runs.csv`` and ``report.png``. Never needs W&B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dml-report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", nargs="?", type=Path,
+                   help="a dml-train -m output directory (default: the newest under ./multirun)")
+    p.add_argument("--paper", action="store_true", help="put the papers' published R@1 beside ours")
+    p.add_argument("--out", type=Path, help="output directory (default: <sweep_dir>/report)")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="which metrics of each run to report (default: test)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dml.report import ReportError, latest_sweep, make_report
+
+    args = parse_args(argv)
+    try:
+        sweep = args.sweep_dir or latest_sweep()
+        report = make_report(sweep, args.out, paper=args.paper, split=args.split)
+    except (ReportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(report.markdown.read_text())
+    print(f"wrote {report.markdown}, {report.table_csv}, {report.runs_csv}, {report.plot}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

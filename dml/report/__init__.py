@@ -1,0 +1,20 @@
+"""Sweep reports from local run directories: tables, bar plots, triplet diagrams."""
+
+from dml.report.diagrams import SavedDiagram, diagram_grid, load_triplet_diagrams
+from dml.report.make import Report, ReportError, make_report
+from dml.report.runs import Run, collect_runs, latest_sweep
+from dml.report.table import Cell, group_runs
+
+__all__ = [
+    "Cell",
+    "Report",
+    "ReportError",
+    "Run",
+    "SavedDiagram",
+    "collect_runs",
+    "diagram_grid",
+    "group_runs",
+    "latest_sweep",
+    "load_triplet_diagrams",
+    "make_report",
+]

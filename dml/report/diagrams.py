@@ -1,0 +1,67 @@
+"""Triplet diagrams saved by :class:`dml.callbacks.triplet_diagram.TripletDiagram`, read back from
+run directories and laid out side by side (strategies × epochs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class SavedDiagram:
+    """One saved histogram: ``hist[i, j]`` counts triplets with S_an in bin i and S_ap in bin j
+    (bin edges ``edges`` on [-1, 1]) over training epoch ``epoch`` (0-based)."""
+
+    epoch: int
+    hist: np.ndarray
+    edges: np.ndarray
+    path: Path
+
+
+def load_triplet_diagrams(run_dir: str | Path) -> list[SavedDiagram]:
+    """The diagrams of a run (``<run_dir>/triplet_diagrams/epoch_*.npz``), by epoch."""
+    out = []
+    for path in sorted(Path(run_dir).glob("triplet_diagrams/epoch_*.npz")):
+        with np.load(path) as z:
+            out.append(SavedDiagram(int(z["epoch"]), z["hist"], z["edges"], path))
+    return sorted(out, key=lambda d: d.epoch)
+
+
+def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
+    """A grid of triplet diagrams: one row per label (e.g. a strategy), one column per epoch;
+    x = S_an, y = S_ap, log colour scale shared by all panels, the diagonal S_an = S_ap in red
+    (triplets right of it are hard)."""
+    epochs = sorted({d.epoch for ds in rows.values() for d in ds})
+    vmax = max((float(d.hist.max()) for ds in rows.values() for d in ds), default=1.0)
+    norm = LogNorm(vmin=1, vmax=max(vmax, 1.0))
+    fig = Figure(figsize=(2.4 * len(epochs) + 1, 2.3 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(epochs), squeeze=False, sharex=True, sharey=True)
+    image = None
+    for r, (label, diagrams) in enumerate(rows.items()):
+        by_epoch = {d.epoch: d for d in diagrams}
+        for c, epoch in enumerate(epochs):
+            ax = axes[r, c]
+            d = by_epoch.get(epoch)
+            if d is not None:
+                image = ax.imshow(
+                    np.ma.masked_equal(d.hist.T, 0), origin="lower", norm=norm, cmap="viridis",
+                    extent=(d.edges[0], d.edges[-1], d.edges[0], d.edges[-1]), aspect="equal",
+                    interpolation="nearest",
+                )
+            ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8)
+            if r == 0:
+                ax.set_title(f"epoch {epoch}", fontsize="small")
+            if c == 0:
+                ax.set_ylabel(f"{label}\nS_ap", fontsize="small")
+            if r == len(rows) - 1:
+                ax.set_xlabel("S_an", fontsize="small")
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="triplets", shrink=0.8)
+    return fig

@@ -1,0 +1,167 @@
+"""The runs of a sweep, read from their directories (never from W&B).
+
+A job directory, as ``dml-train`` (``dml.training.train``) and Hydra write it, holds
+``metrics.json`` (the selected checkpoint's metrics), ``config.yaml`` (the resolved config) and
+``.hydra/hydra.yaml`` (``hydra.runtime.choices``: which config of each group ran) and
+``.hydra/overrides.yaml`` (the command-line overrides of that job).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Entries of the metrics dict that are counts, not metrics.
+NON_METRICS = frozenset({"num_queries"})
+#: Overrides that never split a cell: averaged over (seed) or already its row and column.
+CELL_KEYS = frozenset({"seed", "loss", "data"})
+#: Overrides that say where or how a run ran, not what it computed.
+BOOKKEEPING = frozenset({"ckpt_path", "run_dir", "resume"})
+#: Overrides of these are variants of the dataset (the column); others of the strategy (the row).
+DATASET_KEYS = ("data.", "experiment")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished job: its strategy (the loss config name), dataset (the data config name),
+    seed, command-line overrides and final metrics of the chosen split."""
+
+    run_dir: Path
+    strategy: str
+    dataset: str
+    seed: int | None
+    overrides: tuple[str, ...]
+    metrics: dict[str, float]
+    wall_time_s: float | None = None
+
+    def settings(self) -> dict[str, str]:
+        """The overrides that may distinguish runs: ``{key: value}`` without the cell's own keys
+        (seed, loss, data), bookkeeping and ``hydra.*``; ``+``/``++``/``~`` prefixes dropped."""
+        out = {}
+        for override in self.overrides:
+            key, _, value = override.partition("=")
+            key = key.lstrip("+~")
+            if key in CELL_KEYS or key in BOOKKEEPING or key.startswith("hydra"):
+                continue
+            out[key] = value
+        return out
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k.lstrip("+") == key:
+            return v
+    return None
+
+
+def load_run(job_dir: Path, split: str = "test") -> Run:
+    """The :class:`Run` of a job directory that has a ``metrics.json``."""
+    result = json.loads((job_dir / "metrics.json").read_text())
+    overrides = tuple(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or ())
+    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
+    choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
+    config = _read_yaml(job_dir / "config.yaml") or {}
+    seed = config.get("seed", _from_overrides(overrides, "seed"))
+    metrics = {
+        k: float(v)
+        for k, v in (result.get(split) or {}).items()
+        if k not in NON_METRICS and isinstance(v, (int, float))
+    }
+    return Run(
+        run_dir=job_dir,
+        strategy=choices.get("loss") or _from_overrides(overrides, "loss") or "unknown",
+        dataset=choices.get("data") or _from_overrides(overrides, "data") or "unknown",
+        seed=None if seed is None else int(seed),
+        overrides=overrides,
+        metrics=metrics,
+        wall_time_s=result.get("wall_time_s"),
+    )
+
+
+def job_dirs(root: Path) -> list[Path]:
+    """Every job directory under ``root`` (``root`` itself for a single run): those with a
+    ``.hydra`` folder or a ``metrics.json``, in natural order (2 before 10)."""
+    found = {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    found |= {p.parent for p in root.rglob("metrics.json")}
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def collect_runs(root: str | Path, split: str = "test") -> tuple[list[Run], list[Path]]:
+    """``(runs, incomplete)``: the finished runs under a sweep directory, and the job
+    directories without ``metrics.json`` or without metrics of ``split`` (crashed, killed or
+    still running)."""
+    runs, incomplete = [], []
+    for job in job_dirs(Path(root)):
+        run = load_run(job, split) if (job / "metrics.json").is_file() else None
+        if run is None or not run.metrics:
+            incomplete.append(job)
+        else:
+            runs.append(run)
+    return runs, incomplete
+
+
+def latest_sweep(base: str | Path = "multirun") -> Path:
+    """The most recent sweep under ``base`` (Hydra's ``multirun/<date>/<time>``): the newest
+    folder holding a ``multirun.yaml``."""
+    sweeps = [p.parent for p in Path(base).glob("**/multirun.yaml")]
+    if not sweeps:
+        raise FileNotFoundError(f"no sweep (multirun.yaml) under {Path(base).resolve()}")
+    return max(sweeps, key=lambda p: (p / "multirun.yaml").stat().st_mtime)
+
+
+def cell_labels(runs: Iterable[Run]) -> list[tuple[str, str]]:
+    """``(strategy label, dataset label)`` of each run.
+
+    Runs with the same strategy and dataset are seeds of one cell unless some setting (an
+    override other than seed/loss/data) takes several values among them: such a setting then
+    becomes part of those runs' labels — of the dataset for ``data.*`` and ``experiment``, else
+    of the strategy — e.g. ``sct [loss.lam=0.5]`` or ``omniglot [experiment=fair_omniglot_merged]``.
+    """
+    runs = list(runs)
+    settings = [run.settings() for run in runs]
+    keys = {k for s in settings for k in s}
+    seen: dict[tuple[str, str, str], set[str | None]] = {}
+    for run, s in zip(runs, settings, strict=True):
+        for key in keys:
+            seen.setdefault((run.strategy, run.dataset, key), set()).add(s.get(key))
+    splitting: dict[tuple[str, str], list[str]] = {}
+    for (strategy, dataset, key), v in sorted(seen.items()):
+        if len(v) > 1:
+            splitting.setdefault((strategy, dataset), []).append(key)
+    labels = []
+    for run, s in zip(runs, settings, strict=True):
+        split_keys = splitting.get((run.strategy, run.dataset), [])
+        data_part = [(k, s.get(k)) for k in split_keys if k.startswith(DATASET_KEYS)]
+        loss_part = [(k, s.get(k)) for k in split_keys if not k.startswith(DATASET_KEYS)]
+        labels.append((_label(run.strategy, loss_part), _label(run.dataset, data_part)))
+    return labels
+
+
+def _label(name: str, settings: list[tuple[str, str | None]]) -> str:
+    shown = [f"{k}={v}" for k, v in settings if v is not None]
+    return f"{name} [{' '.join(shown)}]" if shown else name
+
+
+def common_settings(runs: Sequence[Run]) -> dict[str, str]:
+    """The settings every run shares (shown once in the report's header)."""
+    if not runs:
+        return {}
+    shared = dict(runs[0].settings())
+    for run in runs[1:]:
+        s = run.settings()
+        shared = {k: v for k, v in shared.items() if s.get(k) == v}
+    return shared

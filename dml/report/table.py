@@ -1,0 +1,162 @@
+"""Mean ± standard deviation over seeds per strategy × dataset, as markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dml.report.paper import published_recall_at_1
+from dml.report.runs import Run, cell_labels
+
+FIRST_METRICS = ("recall@1", "map@r")
+NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The runs (seeds) of one strategy on one dataset. ``strategy``/``dataset`` are the row and
+    column labels (with any distinguishing settings); ``loss``/``data`` the config names."""
+
+    strategy: str
+    dataset: str
+    loss: str
+    data: str
+    runs: tuple[Run, ...]
+
+    @property
+    def variant(self) -> bool:
+        """True when the labels carry settings beyond the config names."""
+        return (self.strategy, self.dataset) != (self.loss, self.data)
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+
+    def mean(self, metric: str) -> float | None:
+        v = self.values(metric)
+        return statistics.fmean(v) if v else None
+
+    def std(self, metric: str) -> float | None:
+        """Sample standard deviation (n − 1), None with fewer than two values."""
+        v = self.values(metric)
+        return statistics.stdev(v) if len(v) > 1 else None
+
+    def seeds(self) -> list[int | None]:
+        return sorted((r.seed for r in self.runs), key=lambda s: (s is None, s))
+
+    def wall_time_s(self) -> float:
+        return sum(r.wall_time_s or 0.0 for r in self.runs)
+
+    def published(self) -> float | str | None:
+        """The paper's R@1 (%) for this loss and dataset (never for a variant)."""
+        return None if self.variant else published_recall_at_1(self.loss, self.data)
+
+
+def group_runs(runs: Sequence[Run]) -> list[Cell]:
+    """One :class:`Cell` per (strategy, dataset) label, sorted by dataset then strategy."""
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run, labels in zip(runs, cell_labels(runs), strict=True):
+        cells.setdefault(labels, []).append(run)
+    return [
+        Cell(strategy, dataset, rs[0].strategy, rs[0].dataset, tuple(rs))
+        for (strategy, dataset), rs in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    ]
+
+
+def metric_names(runs: Sequence[Run]) -> list[str]:
+    """R@1 and MAP@R first, then the other Recall@K by K, then the rest alphabetically."""
+    present = {m for r in runs for m in r.metrics}
+
+    def rank(m: str) -> tuple:
+        if m in FIRST_METRICS:
+            return (0, FIRST_METRICS.index(m), "")
+        k = re.fullmatch(r"recall@(\d+)", m)
+        return (1, int(k.group(1)), "") if k else (2, 0, m)
+
+    return sorted(present, key=rank)
+
+
+def display_name(metric: str) -> str:
+    k = re.fullmatch(r"recall@(\d+)", metric)
+    return f"R@{k.group(1)}" if k else NAMES.get(metric, metric)
+
+
+def format_percent(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _published_text(value: float | str | None) -> str:
+    return "—" if value is None else value if isinstance(value, str) else f"{value:.1f}"
+
+
+def markdown_tables(cells: Sequence[Cell], metrics: Sequence[str], paper: bool) -> str:
+    """A table per dataset (rows: strategies; columns: seeds and every metric in %, and the
+    published R@1 with ``paper``), preceded by an R@1 overview when there are several datasets."""
+    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    parts = []
+    if len(datasets) > 1:
+        strategies = sorted({c.strategy for c in cells})
+        by = {(c.strategy, c.dataset): c for c in cells}
+        rows = [["strategy", *datasets], ["---"] * (len(datasets) + 1)]
+        for s in strategies:
+            row = [s]
+            for d in datasets:
+                c = by.get((s, d))
+                row.append(format_percent(c.mean("recall@1"), c.std("recall@1")) if c else "")
+            rows.append(row)
+        parts.append("## R@1 (%) by dataset\n\n" + _rows_to_markdown(rows))
+    for d in datasets:
+        header = ["strategy", "seeds", *(display_name(m) for m in metrics)]
+        header += ["paper R@1"] if paper else []
+        rows = [header, ["---"] * len(header)]
+        for c in (c for c in cells if c.dataset == d):
+            row = [c.strategy, str(len(c.runs))]
+            row += [format_percent(c.mean(m), c.std(m)) for m in metrics]
+            row += [_published_text(c.published())] if paper else []
+            rows.append(row)
+        parts.append(f"## {d}\n\n" + _rows_to_markdown(rows))
+    return "\n".join(parts)
+
+
+def _rows_to_markdown(rows: list[list[str]]) -> str:
+    return "".join("| " + " | ".join(r) + " |\n" for r in rows)
+
+
+def write_cells_csv(cells: Sequence[Cell], metrics: Sequence[str], path: Path, paper: bool) -> None:
+    """One row per cell: labels, config names, seeds, ``<metric>_mean``/``<metric>_std`` (as
+    fractions, empty when undefined), summed wall time, and the published R@1 (%) with ``paper``."""
+    columns = ["strategy", "dataset", "loss", "data", "n_runs", "seeds"]
+    columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    columns += ["wall_time_s"] + (["paper_recall@1_percent"] if paper else [])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for c in cells:
+            row = [c.strategy, c.dataset, c.loss, c.data, len(c.runs)]
+            row.append(" ".join(str(s) for s in c.seeds()))
+            for m in metrics:
+                row += [_csv_number(c.mean(m)), _csv_number(c.std(m))]
+            row.append(round(c.wall_time_s(), 1))
+            if paper:
+                published = c.published()
+                row.append("" if published is None else published)
+            writer.writerow(row)
+
+
+def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> None:
+    """One row per run (what the notebook reads to find each run's directory)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["strategy", "dataset", "seed", "run_dir", "wall_time_s", *metrics])
+        for run, (strategy, dataset) in zip(runs, cell_labels(runs), strict=True):
+            row = [strategy, dataset, run.seed, str(run.run_dir), run.wall_time_s]
+            writer.writerow(row + [_csv_number(run.metrics.get(m)) for m in metrics])
+
+
+def _csv_number(x: float | None) -> str:
+    return "" if x is None else repr(x)

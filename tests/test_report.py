@@ -1,0 +1,202 @@
+"""dml-report on hand-made run directories (the files dml-train and Hydra write), no training."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dml.cli.report import main as dml_report
+from dml.report import (
+    collect_runs,
+    diagram_grid,
+    group_runs,
+    latest_sweep,
+    load_triplet_diagrams,
+    make_report,
+)
+from dml.report.runs import cell_labels
+from dml.report.table import format_percent, metric_names
+
+
+def fake_run(
+    job: Path,
+    loss: str,
+    data: str,
+    seed: int,
+    metrics: dict | None,
+    extra: tuple[str, ...] = (),
+    experiment: str | None = None,
+    hydra_files: bool = True,
+) -> Path:
+    """A job directory as `dml-train -m` leaves it (metrics None: a job that never finished)."""
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [f"experiment={experiment}"] if experiment else []
+    overrides += [f"loss={loss}", f"data={data}", f"seed={seed}", *extra]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if hydra_files:
+        choices = {"loss": loss, "data": data, "experiment": experiment, "hydra/launcher": "basic"}
+        hydra = {"hydra": {"runtime": {"choices": choices}, "sweep": {"dir": "${now:%H}"}}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "loss": {"x": 1}}))
+    if metrics is not None:
+        result = {"run_dir": str(job), "val": {"recall@1": 0.5}, "test": metrics,
+                  "epochs": 1, "wall_time_s": 30.0}
+        (job / "metrics.json").write_text(json.dumps(result))
+    return job
+
+
+STRATEGIES = ("sct", "nca_hardest", "triplet_batchhard")
+DATASETS, SEEDS = ("cub200", "sop"), (0, 1, 2)
+
+
+@pytest.fixture
+def sweep(tmp_path) -> tuple[Path, dict]:
+    """3 strategies × 2 datasets × 3 seeds with random metrics, plus one crashed job."""
+    rng = np.random.default_rng(0)
+    truth, n = {}, 0
+    for s in STRATEGIES:
+        for d in DATASETS:
+            for seed in SEEDS:
+                m = {"recall@1": rng.random(), "recall@2": rng.random(), "map@r": rng.random(),
+                     "r_precision": rng.random(), "num_queries": 100.0}
+                truth[(s, d, seed)] = m
+                fake_run(tmp_path / str(n), s, d, seed, m, extra=("trainer.max_epochs=3",))
+                n += 1
+    fake_run(tmp_path / str(n), "sct", "cub200", 3, None)
+    return tmp_path, truth
+
+
+def test_cells_are_mean_and_sample_std_over_seeds(sweep):
+    root, truth = sweep
+    runs, incomplete = collect_runs(root)
+    assert len(runs) == 18 and [p.name for p in incomplete] == ["18"]
+    cells = group_runs(runs)
+    assert [(c.dataset, c.strategy) for c in cells] == sorted(
+        (d, s) for s in STRATEGIES for d in DATASETS
+    )
+    for c in cells:
+        assert c.seeds() == list(SEEDS)
+        for m in ("recall@1", "recall@2", "map@r", "r_precision"):
+            ref = np.array([truth[(c.strategy, c.dataset, seed)][m] for seed in SEEDS])
+            assert c.mean(m) == pytest.approx(ref.mean(), abs=1e-12)
+            assert c.std(m) == pytest.approx(ref.std(ddof=1), abs=1e-12)
+    assert metric_names(runs) == ["recall@1", "map@r", "recall@2", "r_precision"]
+
+
+def test_report_files(sweep, tmp_path_factory):
+    root, truth = sweep
+    out = tmp_path_factory.mktemp("out")
+    report = make_report(root, out, paper=True)
+    text = report.markdown.read_text()
+    ref = np.array([truth[("sct", "cub200", s)]["recall@1"] for s in SEEDS])
+    expected = f"{100 * ref.mean():.1f} ± {100 * ref.std(ddof=1):.1f}"
+    sct_row = next(line for line in text.splitlines() if line.startswith("| sct | 3 |"))
+    assert sct_row.split(" | ")[2] == expected and sct_row.endswith("| 57.7 |")
+    assert "| nca_hardest | 3 |" in text and "| collapse |" in text
+    assert "## R@1 (%) by dataset" in text and "## cub200" in text and "## sop" in text
+    assert "**incomplete jobs (no test metrics): 1**: `18`" in text
+    assert "`trainer.max_epochs=3`" in text  # shared settings are stated once
+    assert "num_queries" not in text
+
+    rows = list(csv.DictReader(report.table_csv.open()))
+    assert len(rows) == 6
+    sct = next(r for r in rows if (r["strategy"], r["dataset"]) == ("sct", "sop"))
+    ref = np.array([truth[("sct", "sop", s)]["map@r"] for s in SEEDS])
+    assert float(sct["map@r_mean"]) == pytest.approx(ref.mean(), abs=1e-12)
+    assert float(sct["map@r_std"]) == pytest.approx(ref.std(ddof=1), abs=1e-12)
+    assert sct["seeds"] == "0 1 2" and sct["paper_recall@1_percent"] == "81.9"
+    assert float(sct["wall_time_s"]) == 90.0
+    runs = list(csv.DictReader(report.runs_csv.open()))
+    assert len(runs) == 18 and all(Path(r["run_dir"]).is_dir() for r in runs)
+    with Image.open(report.plot) as img:
+        assert img.format == "PNG" and img.width > 200
+
+
+def test_single_seed_has_no_std_and_unknown_pairs_no_paper_number(tmp_path):
+    fake_run(tmp_path / "0", "contrastive", "cub200", 0, {"recall@1": 0.25, "map@r": 0.125})
+    report = make_report(tmp_path, paper=True)
+    assert report.markdown.parent == tmp_path / "report"
+    assert "| contrastive | 1 | 25.0 | 12.5 | — |" in report.markdown.read_text()
+    row = next(csv.DictReader(report.table_csv.open()))
+    assert row["recall@1_std"] == "" and row["paper_recall@1_percent"] == ""
+    assert format_percent(None, None) == "—"
+
+
+def test_settings_that_vary_within_a_cell_split_it(tmp_path):
+    n = iter(range(100))
+
+    def run(loss, data, seed, extra=(), experiment=None):
+        fake_run(tmp_path / str(next(n)), loss, data, seed, {"recall@1": 0.5}, extra, experiment)
+
+    for seed in (0, 1):
+        # the SCT reproduction: each experiment fixes its own loss -> experiment splits nothing
+        run("sct", "cub200", seed, experiment="sct_cub200")
+        run("nca_semihard", "cub200", seed, experiment="sct_cub200_semihard")
+        # a loss ablation and a dataset variant within one (loss, data) pair
+        run("sct", "omniglot", seed, ("loss.lam=0.5",), "fair_omniglot")
+        run("sct", "omniglot", seed, ("loss.lam=1.0",), "fair_omniglot")
+        run("sct", "omniglot", seed, ("loss.lam=1.0",), "fair_omniglot_merged")
+    runs, _ = collect_runs(tmp_path)
+    labels = sorted(set(cell_labels(runs)))
+    assert labels == [
+        ("nca_semihard", "cub200"),
+        ("sct", "cub200"),
+        ("sct [loss.lam=0.5]", "omniglot [experiment=fair_omniglot]"),
+        ("sct [loss.lam=1.0]", "omniglot [experiment=fair_omniglot]"),
+        ("sct [loss.lam=1.0]", "omniglot [experiment=fair_omniglot_merged]"),
+    ]
+    cells = group_runs(runs)
+    assert all(len(c.runs) == 2 for c in cells)
+    variant = next(c for c in cells if c.strategy == "sct [loss.lam=1.0]")
+    assert variant.variant and variant.published() is None
+    plain = next(c for c in cells if c.strategy == "sct")
+    assert not plain.variant and plain.published() == 57.7
+
+
+def test_runs_without_hydra_files_fall_back_to_overrides(tmp_path):
+    fake_run(tmp_path / "0", "sct", "inshop", 4, {"recall@1": 1.0}, hydra_files=False)
+    (run,), _ = collect_runs(tmp_path)
+    assert (run.strategy, run.dataset, run.seed) == ("sct", "inshop", 4)
+
+
+def test_cli(sweep, tmp_path, capsys):
+    root, _ = sweep
+    dml_report([str(root), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert out.startswith("# Sweep report") and "paper R@1" not in out
+    assert (tmp_path / "r" / "report.png").is_file()
+    with pytest.raises(SystemExit) as info:
+        dml_report([str(tmp_path / "r")])
+    assert info.value.code == 2
+    assert "error: no finished run under" in capsys.readouterr().err
+
+
+def test_latest_sweep_is_the_newest(tmp_path):
+    for i, name in enumerate(("2024-01-02/10-00-00", "2024-01-01/09-00-00")):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "multirun.yaml").write_text("{}")
+        os.utime(tmp_path / name / "multirun.yaml", (1000 + i, 1000 + i))
+    assert latest_sweep(tmp_path) == tmp_path / "2024-01-01/09-00-00"
+    with pytest.raises(FileNotFoundError, match="no sweep"):
+        latest_sweep(tmp_path / "empty")
+
+
+def test_triplet_diagrams_load_and_plot(tmp_path):
+    edges = np.linspace(-1, 1, 11)
+    for epoch in (2, 0):
+        hist = np.zeros((10, 10))
+        hist[7, 3] = epoch + 1  # S_an in bin 7, S_ap in bin 3: a hard triplet
+        (tmp_path / "triplet_diagrams").mkdir(exist_ok=True)
+        np.savez(tmp_path / "triplet_diagrams" / f"epoch_{epoch:03d}.npz",
+                 hist=hist, edges=edges, epoch=epoch)
+    diagrams = load_triplet_diagrams(tmp_path)
+    assert [d.epoch for d in diagrams] == [0, 2] and diagrams[1].hist[7, 3] == 3
+    fig = diagram_grid({"sct": diagrams, "semihard": diagrams[:1]})
+    assert len(fig.axes) == 2 * 2 + 1  # panels + colour bar
+    fig.savefig(tmp_path / "grid.png")
+    assert load_triplet_diagrams(tmp_path / "nowhere") == []
