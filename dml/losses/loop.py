@@ -13,7 +13,7 @@ the distance between the optimal positive point ``p*`` and the optimal hard nega
 The paper solves it with Lagrange multipliers and enumerates the cases of active constraints
 (KKT); we evaluate the same candidate set in closed form, as the largest cosine ``<p, q>``:
 
-* both points at arc endpoints (4 candidates: a-c, a-d, b-c, b-d);
+* both points at arc endpoints (4 candidates: a-c, b-c, a-d, b-d);
 * one endpoint and its projection onto the other arc's great circle, kept only if it falls
   inside that arc (4 candidates);
 * both points interior: ``<p, q> = x(s)^T M y(t)`` with ``M = [[<a,c>, <a,v>], [<u,c>, <u,v>]]``
@@ -52,16 +52,13 @@ from dml.losses.base import DMLLoss, Reduction, mean_or_nan, reduce_terms
 from dml.losses.multisimilarity import _log1p_sum_exp
 from dml.miners.base import label_masks
 
-# Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, a-d, b-c,
+# Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, b-c, a-d,
 # b-d), 4 endpoint projections (a and b onto arc c->d, c and d onto arc a->b), 2 interior
 # critical points (+ and - square root). The point each candidate uses on each arc: 0 = first
 # endpoint, 1 = second endpoint, 2 = an in-plane direction (x1, x2), i.e. the point
 # (x1 o + x2 w) / |(x1, x2)| in the arc's frame (o, w).
-_ON_FIRST_ARC = (0, 0, 1, 1, 0, 1, 2, 2, 2, 2)
-_ON_SECOND_ARC = (0, 1, 0, 1, 2, 2, 0, 1, 2, 2)
-# <z, o> of the 4 projections (endpoint z, o the first endpoint of the other arc) as rows of
-# the endpoint inner products <a,c>, <a,d>, <b,c>, <b,d>: <a,c>, <b,c>, <c,a>, <d,a>.
-_PROJECTION_ALONG = [0, 2, 0, 1]
+_ON_FIRST_ARC = (0, 1, 0, 1, 0, 1, 2, 2, 2, 2)
+_ON_SECOND_ARC = (0, 0, 1, 1, 2, 2, 0, 1, 2, 2)
 
 
 class ArcDistance(NamedTuple):
@@ -89,15 +86,14 @@ class _ArcDots(NamedTuple):
     and c->d (frame c, v), and the two arcs' spans. Candidate axis first."""
 
     ends: Tensor
-    """``[4, ...]``: <a,c>, <a,d>, <b,c>, <b,d>."""
+    """``[4, ...]``: <a,c>, <b,c>, <a,d>, <b,d>."""
     across: Tensor
     """``[4, ...]``: <a,v>, <b,v>, <c,u>, <d,u> (projections of a, b on arc c->d, of c, d on
     arc a->b)."""
     beyond: Tensor
     """``[4, ...]``: for the same projections, ``<z, o> sin(angle) - <z, w> cos(angle)`` of the
-    target arc (frame o, w); >= 0 iff the projection does not pass the arc's far end."""
-    target_ok: Tensor
-    """``[4, ...]``: the target arc of each projection is not degenerate."""
+    target arc (frame o, w); >= 0 iff the projection does not pass the arc's far end; -inf
+    when the target arc is degenerate (it has no interior to project on)."""
     uv: Tensor
     first: _Span
     second: _Span
@@ -134,6 +130,12 @@ def _sides(x1: Tensor, x2: Tensor, span: _Span) -> tuple[Tensor, Tensor]:
     return x2, x1 * span.sin_angle - x2 * span.cos_angle
 
 
+def _projection_along(ends: Tensor) -> Tensor:
+    """``<z, o>`` of the 4 projections (endpoint ``z``, ``o`` the first endpoint of the other
+    arc), <a,c>, <b,c>, <c,a>, <d,a>, from ``ends`` = <a,c>, <b,c>, <a,d>, <b,d>."""
+    return torch.cat((ends[0:2], ends[0:3:2]))
+
+
 def _norm_pairs(d: _ArcDots) -> tuple[Tensor, Tensor]:
     """``(x, y)``, ``[6, ...]``: the six 2-D vectors whose norms are the candidate cosines.
 
@@ -148,7 +150,7 @@ def _norm_pairs(d: _ArcDots) -> tuple[Tensor, Tensor]:
     ``Q + R``. Row 4 is ``(E, H)``, row 5 is ``(F, G)``.
     """
     ac, av, cu = d.ends[0], d.across[0], d.across[2]
-    x = torch.cat((d.ends[_PROJECTION_ALONG], torch.stack((ac + d.uv, ac - d.uv))))
+    x = torch.cat((_projection_along(d.ends), torch.stack((ac + d.uv, ac - d.uv))))
     y = torch.cat((d.across, torch.stack((cu - av, av + cu))))
     return x, y
 
@@ -166,18 +168,12 @@ def _interior_directions(x: Tensor, y: Tensor, qr: Tensor) -> tuple[Tensor, Tens
     return torch.stack((p1, p2)), torch.stack((q1, q2))
 
 
-def _candidates(d: _ArcDots, endpoints_only: bool) -> Tensor:
-    """Cosines ``<p, q>`` of the candidate point pairs, ``-inf`` where a candidate is not on both
-    arcs: ``[K, ...]``, ``K = 4`` with ``endpoints_only`` else 10, in the order of
-    ``_ON_FIRST_ARC`` / ``_ON_SECOND_ARC``. Only the values carry gradients; which candidates
-    lie on the arcs is decided without autograd (sign tests).
-    """
-    if endpoints_only:
-        return d.ends
-    x, y = _norm_pairs(d)
-    norms = _hypot(x, y)
+def _validity(d: _ArcDots, x: Tensor, y: Tensor, norms: Tensor) -> tuple[Tensor, Tensor]:
+    """Which projections (``[4, ...]``) and which interior candidates (``[2, ...]``: ``+`` and
+    ``-`` square root) lie on both arcs; ``x, y, norms`` from :func:`_norm_pairs`. Sign tests,
+    without autograd."""
     with torch.no_grad():
-        on_arc = d.target_ok & (torch.minimum(d.across, d.beyond) >= 0)
+        on_arc = torch.minimum(d.across, d.beyond) >= 0
         qr = norms[4] * norms[5]
         p_dir, q_dir = _interior_directions(x, y, qr)
         sides = torch.stack((*_sides(*p_dir, d.first), *_sides(*q_dir, d.second)))
@@ -186,6 +182,19 @@ def _candidates(d: _ArcDots, endpoints_only: bool) -> Tensor:
         ok = d.first.ok & d.second.ok & (qr > 4 * torch.finfo(qr.dtype).eps ** 2)
         # (p, q) or (-p, -q) is on both arcs: all four sides >= 0, or all <= 0.
         inner_ok = ok & torch.stack((sides.amin(dim=0) >= 0, sides.amax(dim=0) <= 0))
+    return on_arc, inner_ok
+
+
+def _candidates(d: _ArcDots, endpoints_only: bool) -> Tensor:
+    """Cosines ``<p, q>`` of the candidate point pairs, ``-inf`` where a candidate is not on both
+    arcs: ``[K, ...]``, ``K = 4`` with ``endpoints_only`` else 10, in the order of
+    ``_ON_FIRST_ARC`` / ``_ON_SECOND_ARC``. Only the values carry gradients.
+    """
+    if endpoints_only:
+        return d.ends
+    x, y = _norm_pairs(d)
+    norms = _hypot(x, y)
+    on_arc, inner_ok = _validity(d, x, y, norms)
     projections = norms[:4].masked_fill(~on_arc, -math.inf)
     inner = ((norms[4] + norms[5]) / 2).expand_as(inner_ok).masked_fill(~inner_ok, -math.inf)
     return torch.cat((d.ends, projections, inner))
@@ -235,7 +244,7 @@ def min_arc_distance(
     def dots(*pairs: tuple[Tensor, Tensor]) -> Tensor:
         return torch.stack(torch.broadcast_tensors(*((x * y).sum(-1) for x, y in pairs)))
 
-    ends, across = dots((a, c), (a, d), (b, c), (b, d)), dots((a, v), (b, v), (c, u), (d, u))
+    ends, across = dots((a, c), (b, c), (a, d), (b, d)), dots((a, v), (b, v), (c, u), (d, u))
     targets = _Span(  # the arc each projection lands on: a, b on (c, d); c, d on (a, b)
         *(
             torch.stack(torch.broadcast_tensors(s, s, f, f))
@@ -245,8 +254,9 @@ def min_arc_distance(
     arc_dots = _ArcDots(
         ends=ends,
         across=across,
-        beyond=_sides(ends[_PROJECTION_ALONG], across, targets)[1],
-        target_ok=targets.ok,
+        beyond=_sides(_projection_along(ends), across, targets)[1].masked_fill(
+            ~targets.ok, -math.inf
+        ),
         uv=(u * v).sum(-1),
         first=first,
         second=second,
@@ -287,8 +297,6 @@ class PairsOfPairs(NamedTuple):
     across: Tensor
     """``[4, N]`` flat indices into ``[B, P]`` of the projections: (a, col), (b, col), (c, row),
     (d, row)."""
-    targets: Tensor
-    """``[4, N]`` the pair each projection lands on: col, col, row, row."""
     uv: Tensor
     """``[N]`` flat indices into ``[P, P]`` of (row, col)."""
     symmetric: tuple[Tensor, Tensor]
@@ -308,16 +316,15 @@ def _pairs_of_pairs(groups: tuple[int, ...], device: torch.device) -> PairsOfPai
     row, col = torch.triu(negative, diagonal=1).nonzero(as_tuple=True)
     a, b, c, d = first[row], second[row], first[col], second[col]
     batch, n_pairs = len(groups), len(first)
-    targets = torch.stack((col, col, row, row))
+    targets = torch.stack((col, col, row, row))  # the pair each projection lands on
     return PairsOfPairs(
         first=first,
         second=second,
         negative=negative,
         row=row,
         col=col,
-        ends=_flat(torch.stack((a, a, b, b)), torch.stack((c, d, c, d)), batch),
+        ends=_flat(torch.stack((a, b, a, b)), torch.stack((c, c, d, d)), batch),
         across=_flat(torch.stack((a, b, c, d)), targets, n_pairs),
-        targets=targets,
         uv=_flat(row, col, n_pairs),
         symmetric=(torch.cat((row, col)), torch.cat((col, row))),
     )
@@ -336,6 +343,11 @@ def _entries(matrix: Tensor, flat: Tensor) -> Tensor:
     """``matrix.flatten()[flat]`` through ``gather`` (its backward, a scatter-add, is much faster
     on CPU than the accumulating index-put of advanced indexing)."""
     return matrix.reshape(-1).gather(0, flat.reshape(-1)).view(flat.shape)
+
+
+def _span_of(packed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(cos, sin, ok)`` from the rows ``cos, sin, float(ok)`` of ``packed``."""
+    return packed[0], packed[1], packed[2] > 0
 
 
 def loop_cosines(
@@ -376,18 +388,17 @@ def loop_cosines(
     along = gram @ w  # [B, P]: <x_n, u_l>
     uu = w.T @ along  # [P, P]: <u_k, u_l>
     with torch.no_grad():  # <x_n, x_i sin - u cos>: >= 0 iff x_n does not project past x_j
-        beyond = (gram[:, i] * sin - along * cos).to(dtype)
-        spans = torch.stack((cos, sin)).to(dtype)
+        beyond = (gram[:, i] * sin - along * cos).masked_fill(~ok, -math.inf).to(dtype)
+        spans = torch.stack((cos, sin, ok.to(cos.dtype))).to(dtype)
     rows, cols = pairs.row, pairs.col
     gram, along, uu = gram.to(dtype), along.to(dtype), uu.to(dtype)
     dots = _ArcDots(
         ends=_entries(gram, pairs.ends),
         across=_entries(along, pairs.across),
         beyond=_entries(beyond, pairs.across),
-        target_ok=ok[pairs.targets],
         uv=_entries(uu, pairs.uv),
-        first=_Span(*spans[:, rows], ok[rows]),
-        second=_Span(*spans[:, cols], ok[cols]),
+        first=_Span(*_span_of(spans[:, rows])),
+        second=_Span(*_span_of(spans[:, cols])),
     )
     best = _candidates(dots, endpoints_only=False).max(dim=0).values
     return best.new_zeros(pairs.negative.shape).index_put(pairs.symmetric, best.repeat(2))
