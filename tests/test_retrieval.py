@@ -233,7 +233,7 @@ def test_metrics_match_reference_with_ties(backend, dtype, leave_one_out, chunk_
 def test_metrics_match_reference_random_float64_numpy_input():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(200, 6)), rng.integers(0, 12, 200)
-    assert retrieval_metrics(x, y, ks=(1, 3, 10)) == pytest.approx(
+    assert retrieval_metrics(x, y, ks=np.array([1, 3, 10])) == pytest.approx(
         ref_metrics(x, y, None, None, (1, 3, 10)), rel=1e-12
     )
 

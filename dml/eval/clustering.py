@@ -21,6 +21,7 @@ def nmi(embeddings: ArrayLike, labels: ArrayLike, *, seed: int = 0) -> float:
     CPU in float64, so the result is deterministic for a given ``seed``.
     """
     from sklearn.metrics import normalized_mutual_info_score  # lazy: sklearn is slow to import
+
     x = as_embeddings(embeddings, "embeddings")
     y = as_labels(labels, x.shape[0], "labels", x.device).cpu().numpy()
     x = F.normalize(x.double(), dim=1).cpu().numpy()
@@ -32,4 +33,5 @@ def nmi(embeddings: ArrayLike, labels: ArrayLike, *, seed: int = 0) -> float:
 def kmeans_assign(x: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """Cluster index of each row of ``x`` by k-means with ``n_clusters`` centres."""
     from sklearn.cluster import KMeans
+
     return KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x)

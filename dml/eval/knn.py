@@ -25,8 +25,8 @@ Algorithm (torch backend), per chunk of ``c`` queries:
    the k-th value plus the lowest-index members of the tie.
 
 The chunk size is chosen so the ``c x N'`` block stays under :data:`DEFAULT_MEMORY_BUDGET` bytes.
-The faiss backend (``faiss.IndexFlatIP``, CPU) replaces steps 1-2 and applies the same tie rule,
-re-scoring tied rows with torch.
+The faiss backend (``faiss.IndexFlatIP``, CPU, float32) replaces steps 1-2 and applies the same
+tie rule, re-scoring with torch the rows that have a tie across the cut.
 """
 
 from __future__ import annotations
@@ -241,8 +241,7 @@ def _faiss_chunks(
             "backend='faiss' needs faiss: pip install faiss-cpu (or use backend='torch')"
         ) from err
     device = query.device
-    query = query.detach().to("cpu", torch.float32)
-    gallery = gallery.detach().to("cpu", torch.float32)
+    query, gallery = query.to("cpu", torch.float32), gallery.to("cpu", torch.float32)
     n = gallery.shape[0]
     kk = min(k + 1, n - int(exclude_self))
     searched = min(kk + int(exclude_self), n)

@@ -19,6 +19,7 @@ not in the denominator, and ``num_queries`` (a float) reports how many queries w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,9 @@ def retrieval_metrics(
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
     ks = list(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+    if not ks or any(isinstance(k, bool) or not isinstance(k, Integral) or k < 1 for k in ks):
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    ks = [int(k) for k in ks]
     leave_one_out = gallery is None
     query = F.normalize(as_embeddings(query, "query"), dim=1)
     q_labels = as_labels(query_labels, query.shape[0], "query_labels", query.device)
