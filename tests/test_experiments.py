@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -166,6 +167,15 @@ def data_dir(tmp_path_factory):
         yield base
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: extra intra-op threads only spin (and stall when other jobs share the CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 ONE_STEP = [
     "model.backbone=test_resnet",  # timm's 0.4M-parameter test network
     "model.pretrained=false",
@@ -187,7 +197,7 @@ EXTRA = {"fair_omniglot_merged": ["data.val_holdout=1"]}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_one_step_on_cpu(name, data_dir, tmp_path):
+def test_experiment_runs_one_step_on_cpu(name, data_dir, tmp_path, one_thread):
     overrides = [f"experiment={name}", *ONE_STEP, *EXTRA.get(name, []), f"run_dir={tmp_path}"]
     cfg = compose_experiment(*overrides, hydra=False)
     result = train(cfg)

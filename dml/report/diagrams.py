@@ -40,7 +40,7 @@ def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
     epochs = sorted({d.epoch for ds in rows.values() for d in ds})
     vmax = max((float(d.hist.max()) for ds in rows.values() for d in ds), default=1.0)
     norm = LogNorm(vmin=1, vmax=max(vmax, 1.0))
-    fig = Figure(figsize=(2.4 * len(epochs) + 1, 2.3 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(2.6 * len(epochs) + 1.2, 2.7 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), len(epochs), squeeze=False, sharex=True, sharey=True)
     image = None
@@ -56,10 +56,9 @@ def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
                     interpolation="nearest",
                 )
             ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8)
-            if r == 0:
-                ax.set_title(f"epoch {epoch}", fontsize="small")
+            ax.set_title(f"{label}\nepoch {epoch}", fontsize="small")
             if c == 0:
-                ax.set_ylabel(f"{label}\nS_ap", fontsize="small")
+                ax.set_ylabel("S_ap", fontsize="small")
             if r == len(rows) - 1:
                 ax.set_xlabel("S_an", fontsize="small")
     if image is not None:
