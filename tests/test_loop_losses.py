@@ -310,3 +310,34 @@ def test_configs_instantiate_with_documented_defaults(name: str) -> None:
     assert ablation.endpoints_only is True
     x, labels = batch("pk", seed=6)
     assert torch.isfinite(loss(x.float(), labels))
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1e-4, 1e-6])
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_embeddings_agree_with_float64(name: str, scale: float) -> None:
+    """Float32 training keeps float64 accuracy where float32 would lose it: near-identical
+    positive pairs (distances ~ ``scale``) have arc frames and chord lengths that
+    ``sqrt(2 - 2 cos)`` cannot resolve in float32 (below 3e-4)."""
+    gen = torch.Generator().manual_seed(7)
+    base = torch.randn(8, 16, generator=gen)
+    x = torch.cat([base, base + scale * torch.randn(8, 16, generator=gen)])
+    labels = torch.arange(8).repeat(2)
+    values, grads = [], []
+    for dtype in (torch.float32, DTYPE):
+        leaf = x.to(dtype, copy=True).requires_grad_(True)
+        value = CASES[name][0]()(leaf, labels)
+        value.backward()
+        assert value.dtype == dtype and leaf.grad is not None
+        values.append(value.double())
+        grads.append(leaf.grad.double())
+    torch.testing.assert_close(values[0], values[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+def test_pairs_of_pairs_depend_only_on_which_labels_are_equal() -> None:
+    grouped = pairs_of_pairs(torch.tensor([5, 5, 2, 2, 9]))
+    assert pairs_of_pairs(torch.tensor([1, 1, 7, 7, 3])) is grouped  # cached: same pattern
+    interleaved = pairs_of_pairs(torch.tensor([5, 2, 5, 2, 9]))
+    assert interleaved.first.tolist() == [0, 1] and interleaved.second.tolist() == [2, 3]
+    assert grouped.first.tolist() == [0, 2] and grouped.second.tolist() == [1, 3]
+    assert grouped.row.tolist() == [0] and grouped.col.tolist() == [1]

@@ -28,13 +28,23 @@ and each candidate value is a closed-form function of the inner products (``hypo
 projections, ``Q + R`` for the interior), so gradients follow the envelope theorem and never
 pass through the (possibly ill-conditioned) optimal angles.
 
+In a batch (:func:`loop_cosines`), every inner product above is a linear combination of
+entries of the ``[B, B]`` Gram matrix (float64), so the pairs of positive pairs of different
+classes cost the same whatever the embedding dimension; the candidate search runs in float32
+for float32 embeddings. The losses (:class:`LoOpTripletLoss`, :class:`LoOpContrastiveLoss`,
+:class:`LoOpMultiSimilarityLoss`, :class:`LoOpLiftedStructureLoss`) state their formulas.
+
 Decisions where the paper is silent:
 
 * a pair whose ``sin(angle)`` is below ``sqrt(machine eps)`` is *degenerate* (identical or
   antipodal): its "arc" is its two endpoints only. For an identical pair this is exact (up to
   that tolerance); an exactly antipodal pair has no unique shorter arc, and its endpoints are
   the only choice that does not depend on an arbitrary direction.
-* at a distance of 0 the gradient of the distance is taken as 0 (never NaN).
+* at a distance of 0 the gradient of the distance is taken as 0 (never NaN); when several
+  candidates tie, the first in the candidate order takes the gradient.
+* the tuples: every same-class pair of the P×K batch is a positive pair, and its negative pairs
+  are all the same-class pairs of the other classes (the authors' code splits each class into
+  disjoint consecutive pairs); see :class:`LoOpLoss`.
 """
 
 from __future__ import annotations
@@ -292,7 +302,7 @@ class PairsOfPairs(NamedTuple):
     """``[N]`` the pairs of pairs ``(row[n], col[n])``, ``row < col``, of different classes."""
     col: Tensor
     ends: Tensor
-    """``[4, N]`` flat indices into ``[B, B]`` of (a,c), (a,d), (b,c), (b,d) where
+    """``[4, N]`` flat indices into ``[B, B]`` of (a,c), (b,c), (a,d), (b,d) where
     ``(a, b) = pair row[n]`` and ``(c, d) = pair col[n]``."""
     across: Tensor
     """``[4, N]`` flat indices into ``[B, P]`` of the projections: (a, col), (b, col), (c, row),
@@ -406,9 +416,11 @@ def loop_cosines(
 
 # ----------------------------------------------------------------------------- losses
 def _gram_dtype(embeddings: Tensor) -> torch.dtype:
-    """float64 for the Gram matrix and the arc frames (its rounding enters them divided by
-    sin(angle)), float32 on devices without float64 (MPS); the rest of the loss runs in the
-    embeddings' dtype promoted to at least float32."""
+    """float64 for the Gram matrix, the arc frames (its rounding enters them divided by
+    sin(angle)) and the positive pairs (``sqrt(2 - 2 cos)`` resolves distances down to
+    ``sqrt(eps)``: 3e-4 in float32, small for the tight positive pairs of a trained model);
+    float32 on devices without float64 (MPS). The candidate search over pairs of pairs runs in
+    the embeddings' dtype promoted to at least float32; the loss is returned in their dtype."""
     return torch.float32 if embeddings.device.type == "mps" else torch.float64
 
 
@@ -425,7 +437,7 @@ class LoOpTuples(NamedTuple):
     """What every LoOp loss needs from a batch (``P`` positive pairs)."""
 
     gram: Tensor
-    """``[B, B]`` inner products of the L2-normalised embeddings."""
+    """``[B, B]`` inner products of the L2-normalised embeddings (float64 but on MPS)."""
     labels: Tensor
     pairs: PairsOfPairs
     loop_cos: Tensor
@@ -469,7 +481,6 @@ class LoOpLoss(DMLLoss):
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         gram = _normalised_gram(embeddings.to(_gram_dtype(embeddings)))
         loop_cos = loop_cosines(gram, pairs, self.endpoints_only, dtype)
-        gram = gram.to(dtype)
         tuples = LoOpTuples(gram, labels, pairs, loop_cos)
         return self.loop_loss(tuples).to(embeddings.dtype)
 
