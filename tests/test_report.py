@@ -101,7 +101,7 @@ def test_report_files(sweep, tmp_path_factory):
     assert "## R@1 (%) by dataset" in text and "## cub200" in text and "## sop" in text
     assert "**incomplete jobs (no test metrics): 1**: `18`" in text
     assert "`trainer.max_epochs=3`" in text  # shared settings are stated once
-    assert "num_queries" not in text
+    assert "num_queries" not in text and "command:" not in text  # no multirun.yaml here
 
     rows = list(csv.DictReader(report.table_csv.open()))
     assert len(rows) == 6

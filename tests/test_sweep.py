@@ -73,6 +73,8 @@ def test_dml_report_makes_the_table_and_the_plot(sweep, tmp_path):
             values[loss].append(json.loads((job / "metrics.json").read_text())["test"])
     text = (tmp_path / "report.md").read_text()
     assert proc.stdout.startswith(text)
+    assert f"- command: `dml-train -m {' '.join(SWEEP)}`" in text  # how to make it again
+    assert "sweep wall time" in text
     for s in STRATEGIES:
         row = next(line for line in text.splitlines() if line.startswith(f"| {s} |"))
         cells = row.strip("| \n").split(" | ")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dml.report.paper import SOURCE
 from dml.report.plot import bar_plot
-from dml.report.runs import Run, collect_runs, common_settings
+from dml.report.runs import Run, collect_runs, common_settings, sweep_command, sweep_wall_time
 from dml.report.table import (
     Cell,
     group_runs,
@@ -91,8 +91,15 @@ def _header(
     if shared:
         shown = " ".join(f"`{k}={v}`" for k, v in shared.items())
         lines.append(f"- settings shared by all runs: {shown}")
+    command = sweep_command(sweep_dir)
+    if command:
+        lines.append(f"- command: `{command}`")
     total = sum(r.wall_time_s or 0.0 for r in runs)
-    lines.append(f"- run time: {format_duration(total)} in total (sum of the runs' wall times)")
+    timing = f"- run time: {format_duration(total)} in total (sum of the runs' wall times)"
+    wall = sweep_wall_time(sweep_dir, runs)
+    if wall is not None:
+        timing += f"; sweep wall time {format_duration(wall)} (start to last metrics.json)"
+    lines.append(timing)
     if incomplete:
         jobs = ", ".join(f"`{p.relative_to(sweep_dir)}`" for p in incomplete)
         lines.append(f"- **incomplete jobs (no {split} metrics): {len(incomplete)}**: {jobs}")

@@ -9,6 +9,7 @@ A job directory, as ``dml-train`` (``dml.training.train``) and Hydra write it, h
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,24 @@ def latest_sweep(base: str | Path = "multirun") -> Path:
     if not sweeps:
         raise FileNotFoundError(f"no sweep (multirun.yaml) under {Path(base).resolve()}")
     return max(sweeps, key=lambda p: (p / "multirun.yaml").stat().st_mtime)
+
+
+def sweep_command(sweep_dir: Path) -> str | None:
+    """The ``dml-train -m ...`` command of a sweep, from Hydra's ``multirun.yaml`` (None for a
+    directory that is not a sweep)."""
+    saved = _read_yaml(sweep_dir / "multirun.yaml") or {}
+    task = saved.get("hydra", {}).get("overrides", {}).get("task")
+    return None if task is None else " ".join(["dml-train -m", *map(shlex.quote, task)])
+
+
+def sweep_wall_time(sweep_dir: Path, runs: Sequence[Run]) -> float | None:
+    """Seconds from the sweep's start (Hydra writes ``multirun.yaml`` then) to its last
+    ``metrics.json``; None without ``multirun.yaml``."""
+    start = sweep_dir / "multirun.yaml"
+    if not start.is_file() or not runs:
+        return None
+    end = max((r.run_dir / "metrics.json").stat().st_mtime for r in runs)
+    return max(0.0, end - start.stat().st_mtime)
 
 
 def cell_labels(runs: Iterable[Run]) -> list[tuple[str, str]]:
