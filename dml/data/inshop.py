@@ -65,7 +65,7 @@ class InShop(DatasetSource):
                 raise row.error(f"image {name} repeats line {first_seen[name].line}")
             first_seen[name] = row
             out[status].append(Record(str(image_root / name), item))
-        for status in ("query", "gallery"):
+        for status in STATUSES:
             if not out[status]:
                 raise DatasetError(f"{list_file} has no '{status}' images; layout: {LAYOUT}")
         require_images([r for recs in out.values() for r in recs], list_file)

@@ -43,7 +43,7 @@ class StanfordOnlineProducts(DatasetSource):
         records, first_row = [], {}
         for row in rows.values():
             label = str(row.int(1, "class_id"))
-            row.int(2, "super_class_id")
+            row.int(2, "super_class_id")  # validated only: classes are the unit of the split
             first_row.setdefault(label, row)
             records.append(Record(str(self.root / row.fields[3]), label))
         require_images(records, list_file)
