@@ -180,3 +180,18 @@ def test_transform_shapes_and_inversion():
     assert rgb.shape == (3, 8, 8)
     with pytest.raises(ValueError, match="mean/std"):
         build_transform(size=8, channels=1)
+
+
+def test_omniglot_train_rotations_add_rotated_classes(omniglot_root: Path):
+    plain = Omniglot().splits()
+    rotated = Omniglot(train_rotations=4).splits()
+    assert summarize(rotated)["train"] == {"classes": 48, "images": 192}
+    assert rotated["test"] == plain["test"]  # test classes are never rotated
+    source = Omniglot()
+    r = next(r for r in rotated["train"] if r.label.endswith("@90"))
+    path, turns = r.item
+    assert turns == 1 and r.group == r.label.split("/")[0]
+    expected = source.load(path).rotate(90)
+    assert source.load(r.item).tobytes() == expected.tobytes() != source.load(path).tobytes()
+    with pytest.raises(DatasetError, match="train_rotations"):
+        Omniglot(train_rotations=3)

@@ -11,6 +11,10 @@ unpacked once into ``$DML_CACHE_DIR/omniglot``.
 ``merge_characters=M`` builds a high intra-class-variance variant: each class is the union of M
 characters from M different alphabets of the same split (so train and test stay class-disjoint);
 characters left over when fewer than M alphabets remain are dropped.
+
+``train_rotations=4`` adds each training character rotated by 90°, 180° and 270° as three new
+classes (the class augmentation of Vinyals et al. 2016 and Snell et al. 2017); test classes are
+never rotated.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import os
 import random
 from pathlib import Path
 
+from PIL import Image
+
 from dml.data.archive import download, extract_once
+from dml.data.image_io import load_image
 from dml.data.records import DatasetError, Record
 from dml.data.source import DatasetSource, cache_dir, data_root
 
@@ -40,13 +47,17 @@ class Omniglot(DatasetSource):
         download: bool = False,
         merge_characters: int = 1,
         merge_seed: int = 0,
+        train_rotations: int = 1,
     ) -> None:
         if merge_characters < 1:
             raise DatasetError(f"data.merge_characters must be >= 1, got {merge_characters}")
+        if train_rotations not in (1, 2, 4):
+            raise DatasetError(f"data.train_rotations must be 1, 2 or 4, got {train_rotations}")
         self.root = data_root(root, "omniglot")
         self.download = download
         self.merge_characters = merge_characters
         self.merge_seed = merge_seed
+        self.train_rotations = train_rotations
 
     def _archive(self, stem: str) -> Path:
         path = self.root / f"{stem}.zip"
@@ -82,7 +93,21 @@ class Omniglot(DatasetSource):
             out = {
                 s: merge_classes(r, self.merge_characters, self.merge_seed) for s, r in out.items()
             }
+        if self.train_rotations > 1:
+            quarter_turns = range(0, 4, 4 // self.train_rotations)
+            out["train"] = [
+                Record((r.item, q), f"{r.label}@{90 * q}", r.group)
+                for q in quarter_turns
+                for r in out["train"]
+            ]
         return out
+
+    def load(self, item: str | tuple[str, int]) -> Image.Image:
+        """A file path, or ``(path, quarter_turns)`` for a rotated training class."""
+        if isinstance(item, tuple):
+            path, quarter_turns = item
+            return load_image(path, self.image_mode).rotate(90 * quarter_turns)
+        return load_image(item, self.image_mode)
 
 
 def merge_classes(records: list[Record], m: int, seed: int) -> list[Record]:
