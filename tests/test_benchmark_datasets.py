@@ -186,11 +186,6 @@ def test_datamodule_carves_validation_classes_and_loads(data_dir):
     assert len(dm.test_dataloader()) == 2  # query and gallery, apart
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DMLDataset numbers classes per split: a gallery-only item shifts the gallery labels "
-    "against the query labels (dml/data/dataset.py, not owned by this test file)",
-)
 def test_inshop_query_and_gallery_labels_agree(tmp_path):
     root = make_inshop(tmp_path / "inshop", gallery_only_item=True)
     transform = build_transform(8)

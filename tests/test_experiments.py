@@ -103,11 +103,6 @@ def test_loop_protocol(ds):
         assert list(cfg.module.eval_ks) == [1, 2, 4, 8] and cfg.module.nmi
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conf/config.yaml lists _self_ after `experiment: null`, so its own module: block "
-    "overrides every experiment's module.* settings (move _self_ before experiment: null)",
-)
 def test_experiments_module_settings_take_effect():
     assert compose_experiment("experiment=sct_cub200").module.scheduler_interval == "epoch"
     assert list(compose_experiment("experiment=sct_sop").module.eval_ks) == [1, 10, 100, 1000]

@@ -78,15 +78,21 @@ class DMLDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        for name, records in self.split_records().items():
+        splits = self.split_records()
+        shared = None  # query and gallery are compared label to label: one class index for both
+        if "query" in splits:
+            shared = sorted({r.label for s in ("query", "gallery") for r in splits.get(s, [])})
+        for name, records in splits.items():
             transform = self.train_transform if name == "train" else self.eval_transform
-            self.datasets[name] = DMLDataset(records, self.source.load, transform)
+            classes = shared if name in ("query", "gallery") else None
+            self.datasets[name] = DMLDataset(records, self.source.load, transform, classes)
 
     def _loader(self, dataset: DMLDataset, **kwargs) -> DataLoader:
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers restart every epoch, seeded from the epoch's RNG state (exact resume)
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )

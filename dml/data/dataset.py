@@ -12,7 +12,9 @@ from dml.data.records import Record
 
 
 class DMLDataset(Dataset):
-    """Records of one split with contiguous integer labels ``0..C-1`` (classes in sorted order).
+    """Records of one split with contiguous integer labels ``0..C-1``: the index of each record's
+    class in ``classes`` (default: the split's own classes, sorted). Splits evaluated against each
+    other (query and gallery) must share one ``classes`` list.
 
     ``__getitem__`` returns ``(transform(image), label, index)``; the index lets distributed
     evaluation put gathered embeddings back in dataset order.
@@ -23,11 +25,12 @@ class DMLDataset(Dataset):
         records: Sequence[Record],
         load: Callable[[object], Image.Image],
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.records = list(records)
         self.load = load
         self.transform = transform
-        self.classes = sorted({r.label for r in self.records})
+        self.classes = list(classes) if classes is not None else sorted({r.label for r in records})
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = torch.tensor([index[r.label] for r in self.records], dtype=torch.long)
 
