@@ -118,10 +118,11 @@ def broadcast_object(obj: T, src: int = 0) -> T:
 
 # ---- one DDP process group per Hydra job ------------------------------------------------------
 # Lightning's DDP launcher records its rendezvous in environment variables of the launching
-# process and never destroys the process group before exit. A second job in the same process
-# (Hydra's basic multirun launcher) would therefore believe its worker processes already exist,
-# reuse the finished job's port and process group, and hang. Its worker processes also re-run
-# ``sys.argv``, which under multirun is the whole sweep.
+# process and never destroys the process group before exit, and its worker processes re-run
+# ``sys.argv``, which under a multirun is the whole sweep. A second job in the same process
+# (Hydra's basic launcher) therefore believes its workers already exist and reuses the finished
+# job's process group: that only works while the workers, replaying the whole sweep, happen to
+# run the same jobs in step (not when jobs differ in devices, or with adaptive sweepers).
 _RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _launch_state: tuple[dict[str, str | None], list[str]] | None = None
 
@@ -159,7 +160,7 @@ def _relaunch_current_hydra_job(argv: list[str]) -> None:
         return
     from hydra._internal.utils import get_args_parser  # Hydra's own command-line grammar
 
-    args = get_args_parser().parse_args(argv[1:])
+    args, _ = get_args_parser().parse_known_args(argv[1:])
     flags = [
         f"--{name.replace('_', '-')}={value}"
         for name in ("config_path", "config_name", "config_dir")
