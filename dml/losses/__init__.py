@@ -5,6 +5,12 @@
 
 from dml.losses.base import DMLLoss, PairLoss, TripletLoss
 from dml.losses.contrastive import ContrastiveLoss
+from dml.losses.loop import (
+    LoOpContrastiveLoss,
+    LoOpLiftedStructureLoss,
+    LoOpMultiSimilarityLoss,
+    LoOpTripletLoss,
+)
 from dml.losses.multisimilarity import MultiSimilarityLoss
 from dml.losses.nca import NCATripletLoss
 from dml.losses.sct import SCTLoss
@@ -13,6 +19,10 @@ from dml.losses.triplet_margin import MarginTripletLoss
 __all__ = [
     "ContrastiveLoss",
     "DMLLoss",
+    "LoOpContrastiveLoss",
+    "LoOpLiftedStructureLoss",
+    "LoOpMultiSimilarityLoss",
+    "LoOpTripletLoss",
     "MarginTripletLoss",
     "MultiSimilarityLoss",
     "NCATripletLoss",

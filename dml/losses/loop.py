@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.losses.base import DMLLoss, Reduction, mean_or_nan, reduce_terms
-from dml.losses.multisimilarity import _log1p_sum_exp
+from dml.losses.multisimilarity import log1p_sum_exp
 from dml.miners.base import label_masks
 
 # Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, b-c, a-d,
@@ -614,7 +614,7 @@ class LoOpMultiSimilarityLoss(LoOpLoss):
             keep_pos = s_pos - self.epsilon < hardest_neg
             keep_neg = t.pairs.negative & (s_neg + self.epsilon > s_pos[:, None])
         pos = torch.where(keep_pos, F.softplus(-self.alpha * (s_pos - self.base)), 0.0)
-        neg = _log1p_sum_exp(self.beta * (s_neg - self.base), keep_neg)
+        neg = log1p_sum_exp(self.beta * (s_neg - self.base), keep_neg)
         terms = pos / self.alpha + neg / self.beta
         self.record_pair_stats(t, s_pos, torch.cat((keep_pos, keep_neg[t.pairs.negative])))
         return terms.mean()

@@ -10,7 +10,7 @@ from dml.miners.base import PairMiner
 from dml.miners.pair import MultiSimilarityMiner
 
 
-def _log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
+def log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
     """Per row ``log(1 + Σ_{j: mask_ij} exp(x_ij))``, computed stably (0 for empty rows)."""
     masked = x.masked_fill(~mask, float("-inf"))
     zeros = x.new_zeros(x.shape[0], 1)
@@ -50,7 +50,7 @@ class MultiSimilarityLoss(PairLoss):
         self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
     ) -> tuple[Tensor, Tensor]:
         pos_mask, neg_mask = _pair_mask(matrix, a1, p), _pair_mask(matrix, a2, n)
-        pos = _log1p_sum_exp(-self.alpha * (matrix - self.base), pos_mask) / self.alpha
-        neg = _log1p_sum_exp(self.beta * (matrix - self.base), neg_mask) / self.beta
+        pos = log1p_sum_exp(-self.alpha * (matrix - self.base), pos_mask) / self.alpha
+        neg = log1p_sum_exp(self.beta * (matrix - self.base), neg_mask) / self.beta
         active = pos_mask.sum() + neg_mask.sum()
         return (pos + neg).mean(), active
