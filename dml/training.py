@@ -53,6 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not has_val and callbacks.pop("best_checkpoint", None) is not None:
         warnings.warn("no validation split: the last checkpoint is the selected one", stacklevel=1)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers:  # so W&B / CSV can filter and group runs by any config value
+        logger.log_hyperparams(module.config)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(run_dir),
