@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -205,14 +206,16 @@ def _apply_tie_rule(
     ``full_rows(r)`` returns the complete ``(len(r), n)`` score rows ``r`` (self already
     ``-inf``); it is only called for rows with a tie across the k-th place, a few at a time.
     """
-    tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1)
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        sub_idx, order = idx[rows].sort(dim=1)
-        sub_vals, order = vals[rows].gather(1, order).sort(dim=1, descending=True, stable=True)
-        vals[rows], idx[rows] = sub_vals, sub_idx.gather(1, order)
-        if vals.shape[1] > k:
-            rows = rows[vals[rows, k - 1] == vals[rows, k]]
+    equal_next = vals[:, 1:] == vals[:, :-1]
+    if bool(equal_next.any()):
+        rows = equal_next.any(dim=1).nonzero().squeeze(1)
+        equal_next = equal_next[rows]
+        # Runs of equal values get increasing ids; sorting the keys (run id, index) puts each
+        # run's indices in ascending order and leaves the values where they are.
+        run = F.pad(equal_next.logical_not().cumsum(dim=1), (1, 0))
+        idx[rows] = torch.add(idx[rows], run, alpha=n).sort(dim=1).values % n
+        rows = rows[equal_next[:, k - 1]] if vals.shape[1] > k else rows[:0]
+        if rows.numel():
             for part in rows.split(max(1, DEFAULT_MEMORY_BUDGET // (16 * n))):
                 part_vals, part_idx = _lowest_index_topk(full_rows(part), k)
                 vals[part, :k], idx[part, :k] = part_vals, part_idx
