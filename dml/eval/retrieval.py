@@ -13,11 +13,14 @@ gallery item has the query's label. Ranking ties are broken by lower gallery ind
   ``j`` (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020, Sec. 3.2).
 
 Queries with ``R_i = 0`` have no defined value and are excluded from every metric; their count is
-not in the denominator, and ``num_queries`` (a float) reports how many queries were evaluated.
+not in the denominator, and ``num_queries`` (a float) reports how many queries were evaluated. If
+no query has ``R_i > 0`` every metric is NaN (with a warning) and ``num_queries`` is 0.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from numbers import Integral
 
@@ -75,8 +78,10 @@ def retrieval_metrics(
     q_ids, g_ids = ids[: q_labels.shape[0]], ids[q_labels.shape[0] :]
     r = torch.bincount(g_ids, minlength=classes.numel())[q_ids] - int(leave_one_out)
     n_valid = int((r > 0).sum())
+    names = [f"recall@{cut}" for cut in ks] + ["map@r", "r_precision"]
     if n_valid == 0:
-        raise ValueError("no query has a relevant gallery item (R = 0 for every query)")
+        warnings.warn("R = 0 for every query: metrics are NaN", RuntimeWarning, stacklevel=2)
+        return {**dict.fromkeys(names, math.nan), "num_queries": 0.0}
     k = min(max(*ks, int(r.max())), available)
 
     totals = torch.zeros(len(ks) + 2, dtype=torch.float64, device=query.device)
@@ -86,9 +91,7 @@ def retrieval_metrics(
         rows = slice(start, start + idx.shape[0])
         totals += _chunk_sums(g_ids[idx] == q_ids[rows, None], r[rows], ks)
     means = (totals / n_valid).tolist()
-    metrics = {f"recall@{k}": v for k, v in zip(ks, means[: len(ks)], strict=True)}
-    metrics.update({"map@r": means[-2], "r_precision": means[-1], "num_queries": float(n_valid)})
-    return metrics
+    return {**dict(zip(names, means, strict=True)), "num_queries": float(n_valid)}
 
 
 def _chunk_sums(hits: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
