@@ -19,6 +19,7 @@ from dml.report import (
     load_triplet_diagrams,
     make_report,
 )
+from dml.report.dynamics import read_dynamics
 from dml.report.runs import cell_labels
 from dml.report.table import format_percent, metric_names
 
@@ -200,3 +201,66 @@ def test_triplet_diagrams_load_and_plot(tmp_path):
     assert len(fig.axes) == 2 * 2 + 1  # panels + colour bar
     fig.savefig(tmp_path / "grid.png")
     assert load_triplet_diagrams(tmp_path / "nowhere") == []
+
+
+def write_csv_log(run_dir: Path, version: int, rows: list[dict]) -> None:
+    """A Lightning CSVLogger file: one header with every key, empty cells where not logged."""
+    path = run_dir / "csv" / f"version_{version}" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    keys = sorted({k for r in rows for k in r})
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train_row(epoch, sim, hard=None, loss=1.0):
+    row = {"epoch": epoch, "step": 0, "train/loss": loss, "train/mean_pairwise_sim": sim,
+           "train/mean_s_ap": 0.5, "train/mean_s_an": 0.25}
+    return row if hard is None else {**row, "train/hard_fraction": hard}
+
+
+def test_dynamics_val_curve_last_epoch_stats_and_resumed_logs(tmp_path):
+    run = tmp_path / "run"
+    write_csv_log(run, 0, [
+        {"epoch": "", "step": 0, "lr-AdamW": 0.1},  # a row without epoch (learning-rate monitor)
+        train_row(0, 0.1, 0.5), {"epoch": 0, "val/recall@1": 0.8},
+        train_row(1, 0.9, 0.0),  # epoch 1 interrupted: replaced by version_1
+    ])
+    write_csv_log(run, 1, [
+        train_row(1, 0.2, 0.25), train_row(1, 0.4, float("nan")), train_row(1, 0.6, 0.75),
+        {"epoch": 1, "val/recall@1": 0.8},
+    ])
+    d = read_dynamics(run)
+    assert d.val_recall_at_1 == {0: 0.8, 1: 0.8}
+    assert d.best_epoch == 0 and d.last_val_recall_at_1 == 0.8  # ties: the first epoch
+    assert d.last_epoch["mean_pairwise_sim"] == pytest.approx(0.4)  # version_1's epoch 1 only
+    assert d.last_epoch["hard_fraction"] == pytest.approx(0.5)  # NaN steps skipped
+    assert d.last_epoch["mean_s_ap"] == 0.5 and d.last_epoch["mean_s_an"] == 0.25
+    write_csv_log(tmp_path / "pairs", 0, [train_row(0, 0.2), train_row(1, 0.3)])
+    pairs = read_dynamics(tmp_path / "pairs")
+    assert np.isnan(pairs.last_epoch["hard_fraction"])  # a pair loss logs none
+    assert pairs.last_epoch["mean_pairwise_sim"] == pytest.approx(0.3)
+    assert pairs.best_epoch is None and pairs.last_val_recall_at_1 is None
+    assert read_dynamics(tmp_path / "nowhere") is None
+
+
+def test_report_shows_training_dynamics_per_strategy(tmp_path):
+    for n, (loss, seed, sims, val) in enumerate([
+        ("nca_hardest", 0, (0.9, 0.99), (0.5, 0.1)),  # collapsed after epoch 0
+        ("nca_hardest", 1, (0.8, 0.97), (0.4, 0.2)),
+        ("sct", 0, (0.1, 0.05), (0.5, 0.7)),
+    ]):
+        job = fake_run(tmp_path / str(n), loss, "omniglot", seed, {"recall@1": 0.5})
+        rows = []
+        for epoch, (sim, r1) in enumerate(zip(sims, val, strict=True)):
+            rows += [train_row(epoch, sim, hard=0.5 + 0.25 * epoch),
+                     {"epoch": epoch, "val/recall@1": r1}]
+        write_csv_log(job, 0, rows)
+    fake_run(tmp_path / "9", "contrastive", "omniglot", 0, {"recall@1": 0.5})  # no CSV logs
+    text = make_report(tmp_path).markdown.read_text()
+    section = text[text.index("## Training dynamics"):]
+    assert "| nca_hardest | 45.0 ± 7.1 | 0 0 | 15.0 ± 7.1 | 0.98 ± 0.01 | 75.0 ± 0.0 |" in section
+    assert "| sct | 70.0 | 1 | 70.0 | 0.05 | 75.0 | 0.50 | 0.25 |" in section
+    assert "contrastive" not in section
+    assert "Training dynamics" not in make_report(tmp_path, split="val").markdown.read_text()

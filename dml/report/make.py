@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dml.report.dynamics import dynamics_markdown
 from dml.report.paper import SOURCE
 from dml.report.plot import bar_plot
 from dml.report.runs import Run, collect_runs, common_settings, sweep_command, sweep_wall_time
@@ -59,6 +60,8 @@ def make_report(
     cells, metrics = group_runs(runs), metric_names(runs)
     text = _header(sweep_dir, runs, cells, incomplete, split, paper)
     text += "\n" + markdown_tables(cells, metrics, paper)
+    dynamics = dynamics_markdown(cells) if split == "test" else ""
+    text += "\n" + dynamics if dynamics else ""
     report = Report(
         out / "report.md", out / "report.csv", out / "runs.csv", out / "report.png",
         cells, runs, incomplete,

@@ -16,6 +16,12 @@ FIRST_METRICS = ("recall@1", "map@r")
 NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
 
 
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean (None when empty) and sample standard deviation (n − 1; None below two values)."""
+    mean = statistics.fmean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
 @dataclass(frozen=True)
 class Cell:
     """The runs (seeds) of one strategy on one dataset. ``strategy``/``dataset`` are the row and
@@ -36,13 +42,11 @@ class Cell:
         return [r.metrics[metric] for r in self.runs if metric in r.metrics]
 
     def mean(self, metric: str) -> float | None:
-        v = self.values(metric)
-        return statistics.fmean(v) if v else None
+        return mean_std(self.values(metric))[0]
 
     def std(self, metric: str) -> float | None:
         """Sample standard deviation (n − 1), None with fewer than two values."""
-        v = self.values(metric)
-        return statistics.stdev(v) if len(v) > 1 else None
+        return mean_std(self.values(metric))[1]
 
     def seeds(self) -> list[int | None]:
         return sorted((r.seed for r in self.runs), key=lambda s: (s is None, s))
@@ -109,7 +113,7 @@ def markdown_tables(cells: Sequence[Cell], metrics: Sequence[str], paper: bool) 
                 c = by.get((s, d))
                 row.append(format_percent(c.mean("recall@1"), c.std("recall@1")) if c else "")
             rows.append(row)
-        parts.append("## R@1 (%) by dataset\n\n" + _rows_to_markdown(rows))
+        parts.append("## R@1 (%) by dataset\n\n" + rows_to_markdown(rows))
     for d in datasets:
         header = ["strategy", "seeds", *(display_name(m) for m in metrics)]
         header += ["paper R@1"] if paper else []
@@ -119,11 +123,11 @@ def markdown_tables(cells: Sequence[Cell], metrics: Sequence[str], paper: bool) 
             row += [format_percent(c.mean(m), c.std(m)) for m in metrics]
             row += [_published_text(c.published())] if paper else []
             rows.append(row)
-        parts.append(f"## {d}\n\n" + _rows_to_markdown(rows))
+        parts.append(f"## {d}\n\n" + rows_to_markdown(rows))
     return "\n".join(parts)
 
 
-def _rows_to_markdown(rows: list[list[str]]) -> str:
+def rows_to_markdown(rows: list[list[str]]) -> str:
     return "".join("| " + " | ".join(r) + " |\n" for r in rows)
 
 

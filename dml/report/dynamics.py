@@ -1,0 +1,123 @@
+"""How each run trained, read from its CSV logs (``<run>/csv/version_*/metrics.csv``).
+
+The test metrics of a report come from the checkpoint with the best validation Recall@1, which
+can hide a run that collapsed after it. This module recovers, per run, the validation Recall@1
+curve and the last training epoch's batch statistics (see :mod:`dml.losses.base`): the collapse
+indicator ``mean_pairwise_sim`` (mean cosine over all pairs of a batch; 1 when every embedding is
+the same), ``hard_fraction`` (used triplets with S_an > S_ap) and the mean S_ap, S_an.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dml.report.table import Cell, format_percent, mean_std, rows_to_markdown
+
+TRAIN_STATS = ("mean_pairwise_sim", "hard_fraction", "mean_s_ap", "mean_s_an")
+
+
+@dataclass(frozen=True)
+class RunDynamics:
+    """``val_recall_at_1[e]``: validation R@1 after epoch ``e`` (0-based, as logged);
+    ``last_epoch[stat]``: mean of ``train/<stat>`` over the logged steps of the last training
+    epoch (NaN when the loss never logged it, e.g. ``hard_fraction`` of a pair loss)."""
+
+    val_recall_at_1: dict[int, float]
+    last_epoch: dict[str, float]
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The first epoch with the highest validation R@1 (the selected checkpoint's)."""
+        if not self.val_recall_at_1:
+            return None
+        best = max(self.val_recall_at_1.values())
+        return min(e for e, v in self.val_recall_at_1.items() if v == best)
+
+    @property
+    def last_val_recall_at_1(self) -> float | None:
+        return self.val_recall_at_1[max(self.val_recall_at_1)] if self.val_recall_at_1 else None
+
+
+def _number(text: str | None) -> float | None:
+    return None if text in (None, "") else float(text)
+
+
+def _version(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.parent.name)
+    return int(match.group(1)) if match else -1
+
+
+def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
+    """The :class:`RunDynamics` of a run directory, None without CSV logs. Logs of a resumed run
+    (``version_1``, ...) replace the earlier versions' rows of the epochs they cover."""
+    files = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=_version)
+    if not files:
+        return None
+    val: dict[int, float] = {}
+    train: dict[int, list[dict[str, str]]] = {}
+    for path in files:
+        file_train: dict[int, list[dict[str, str]]] = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                epoch = _number(row.get("epoch"))
+                if epoch is None:
+                    continue
+                recall = _number(row.get("val/recall@1"))
+                if recall is not None:
+                    val[int(epoch)] = recall
+                if _number(row.get("train/loss")) is not None:
+                    file_train.setdefault(int(epoch), []).append(row)
+        train.update(file_train)
+    last_rows = train[max(train)] if train else []
+    last_epoch = {}
+    for stat in TRAIN_STATS:
+        values = [v for r in last_rows if (v := _number(r.get(f"train/{stat}"))) is not None]
+        values = [v for v in values if not math.isnan(v)]
+        last_epoch[stat] = sum(values) / len(values) if values else math.nan
+    return RunDynamics(val, last_epoch)
+
+
+def dynamics_markdown(cells: Sequence[Cell]) -> str:
+    """A table per dataset: per strategy, mean ± std over seeds of the best and the last
+    validation R@1, each seed's best epoch, and the last epoch's collapse indicator, hard-triplet
+    fraction, S_ap and S_an. Empty when no run has CSV logs."""
+    parts = []
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        header = ["strategy", "val R@1 best", "best epoch", "val R@1 last",
+                  "mean pair cos", "hard %", "S_ap", "S_an"]
+        rows = [header, ["---"] * len(header)]
+        for cell in (c for c in cells if c.dataset == dataset):
+            runs = [d for r in cell.runs if (d := read_dynamics(r.run_dir)) is not None]
+            if not runs:
+                continue
+            best = [max(d.val_recall_at_1.values()) for d in runs if d.val_recall_at_1]
+            last = [v for d in runs if (v := d.last_val_recall_at_1) is not None]
+            epochs = [str(e) for d in runs if (e := d.best_epoch) is not None]
+            row = [cell.strategy, format_percent(*mean_std(best)), " ".join(epochs) or "—",
+                   format_percent(*mean_std(last))]
+            for stat in TRAIN_STATS:
+                values = [d.last_epoch[stat] for d in runs if not math.isnan(d.last_epoch[stat])]
+                mean, std = mean_std(values)
+                if stat == "hard_fraction":
+                    row.append(format_percent(mean, std))
+                else:
+                    row.append("—" if mean is None else
+                               f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}"))
+            rows.append(row)
+        if len(rows) > 2:
+            parts.append(f"### {dataset}\n\n" + rows_to_markdown(rows))
+    if not parts:
+        return ""
+    note = (
+        "Validation R@1 in %, mean ± std over seeds; best epoch: each seed's epoch of the "
+        "selected checkpoint (0-based). Last training epoch, averaged over its logged steps: "
+        "mean pair cos = mean cosine over all pairs of a batch (1 = collapsed), hard % = used "
+        "triplets with S_an > S_ap (triplet losses only), mean S_ap and S_an of the used "
+        "triplets or pairs.\n\n"
+    )
+    return "## Training dynamics\n\n" + note + "\n".join(parts)
