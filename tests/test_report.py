@@ -19,6 +19,7 @@ from dml.report import (
     load_triplet_diagrams,
     make_report,
 )
+from dml.report.diagrams import first_seed_diagrams
 from dml.report.dynamics import read_dynamics
 from dml.report.runs import cell_labels
 from dml.report.table import format_percent, metric_names
@@ -187,20 +188,42 @@ def test_latest_sweep_is_the_newest(tmp_path):
         latest_sweep(tmp_path / "empty")
 
 
-def test_triplet_diagrams_load_and_plot(tmp_path):
+def save_diagrams(run_dir: Path, epochs: tuple[int, ...], count: int = 1) -> None:
     edges = np.linspace(-1, 1, 11)
-    for epoch in (2, 0):
+    (run_dir / "triplet_diagrams").mkdir(parents=True, exist_ok=True)
+    for epoch in epochs:
         hist = np.zeros((10, 10))
-        hist[7, 3] = epoch + 1  # S_an in bin 7, S_ap in bin 3: a hard triplet
-        (tmp_path / "triplet_diagrams").mkdir(exist_ok=True)
-        np.savez(tmp_path / "triplet_diagrams" / f"epoch_{epoch:03d}.npz",
+        hist[7, 3] = count + epoch  # S_an in bin 7, S_ap in bin 3: a hard triplet
+        np.savez(run_dir / "triplet_diagrams" / f"epoch_{epoch:03d}.npz",
                  hist=hist, edges=edges, epoch=epoch)
+
+
+def test_triplet_diagrams_load_and_plot(tmp_path):
+    save_diagrams(tmp_path, (2, 0))
     diagrams = load_triplet_diagrams(tmp_path)
     assert [d.epoch for d in diagrams] == [0, 2] and diagrams[1].hist[7, 3] == 3
     fig = diagram_grid({"sct": diagrams, "semihard": diagrams[:1]})
     assert len(fig.axes) == 2 * 2 + 1  # panels + colour bar
     fig.savefig(tmp_path / "grid.png")
     assert load_triplet_diagrams(tmp_path / "nowhere") == []
+
+
+def test_report_diagrams_are_each_strategys_first_seed(tmp_path):
+    for n, (loss, seed) in enumerate([("sct", 1), ("sct", 0), ("nca_hardest", 2)]):
+        job = fake_run(tmp_path / str(n), loss, "omniglot", seed, {"recall@1": 0.5})
+        save_diagrams(job, (0, 1), count=10 * seed + 1)
+    fake_run(tmp_path / "3", "contrastive", "omniglot", 0, {"recall@1": 0.5})  # a pair loss
+    rows = first_seed_diagrams(group_runs(collect_runs(tmp_path)[0]))
+    assert sorted(rows) == ["nca_hardest", "sct"]
+    assert [d.hist[7, 3] for d in rows["sct"]] == [1, 2]  # seed 0's, not seed 1's
+    assert [d.hist[7, 3] for d in rows["nca_hardest"]] == [21, 22]
+    report = make_report(tmp_path, tmp_path / "out", diagrams=True)
+    with Image.open(report.diagrams) as img:
+        assert report.diagrams.name == "diagrams.png" and img.height > img.width / 2
+    assert make_report(tmp_path, tmp_path / "out2").diagrams is None  # not asked for
+    for f in tmp_path.glob("*/triplet_diagrams/*"):
+        f.unlink()  # no run has diagrams: no figure
+    assert make_report(tmp_path, tmp_path / "out3", diagrams=True).diagrams is None
 
 
 def write_csv_log(run_dir: Path, version: int, rows: list[dict]) -> None:

@@ -1,9 +1,11 @@
-"""``dml-report [SWEEP_DIR] [--paper] [--out DIR]``: the table and bar plot of a sweep.
+"""``dml-report [SWEEP_DIR] [--paper] [--diagrams] [--out DIR]``: the table and bar plot of a sweep.
 
 Reads every run under SWEEP_DIR (a ``dml-train -m`` output directory, default: the newest under
 ./multirun) from disk: its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files. Groups runs
 by strategy (the loss config) × dataset (the data config), averages over seeds, and writes
-``report.md``, ``report.csv``, ``runs.csv`` and ``report.png``. Never needs W&B.
+``report.md`` (with each strategy's training dynamics: validation curve, collapse indicator),
+``report.csv``, ``runs.csv`` and ``report.png``; ``--diagrams`` adds ``diagrams.png``, the triplet
+diagrams of each strategy's first seed. Never needs W&B.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("sweep_dir", nargs="?", type=Path,
                    help="a dml-train -m output directory (default: the newest under ./multirun)")
     p.add_argument("--paper", action="store_true", help="put the papers' published R@1 beside ours")
+    p.add_argument("--diagrams", action="store_true",
+                   help="also plot each strategy's triplet diagrams (first seed) to diagrams.png")
     p.add_argument("--out", type=Path, help="output directory (default: <sweep_dir>/report)")
     p.add_argument("--split", default="test", choices=("test", "val"),
                    help="which metrics of each run to report (default: test)")
@@ -31,12 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         sweep = args.sweep_dir or latest_sweep()
-        report = make_report(sweep, args.out, paper=args.paper, split=args.split)
+        report = make_report(sweep, args.out, paper=args.paper, split=args.split,
+                             diagrams=args.diagrams)
     except (ReportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.markdown.read_text())
-    print(f"wrote {report.markdown}, {report.table_csv}, {report.runs_csv}, {report.plot}")
+    written = [report.markdown, report.table_csv, report.runs_csv, report.plot, report.diagrams]
+    print("wrote " + ", ".join(str(p) for p in written if p is not None))
 
 
 if __name__ == "__main__":

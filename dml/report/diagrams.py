@@ -12,6 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from dml.report.table import Cell
+
 
 @dataclass(frozen=True)
 class SavedDiagram:
@@ -31,6 +33,20 @@ def load_triplet_diagrams(run_dir: str | Path) -> list[SavedDiagram]:
         with np.load(path) as z:
             out.append(SavedDiagram(int(z["epoch"]), z["hist"], z["edges"], path))
     return sorted(out, key=lambda d: d.epoch)
+
+
+def first_seed_diagrams(cells: Sequence[Cell]) -> dict[str, list[SavedDiagram]]:
+    """``{label: diagrams}`` of each cell's lowest-seed run, for :func:`diagram_grid`; cells
+    without diagrams (pair losses, or the callback disabled) are left out. Labels are the
+    strategies, with the dataset appended when the cells span several datasets."""
+    several = len({c.dataset for c in cells}) > 1
+    rows = {}
+    for cell in cells:
+        run = min(cell.runs, key=lambda r: (r.seed is None, r.seed or 0))
+        saved = load_triplet_diagrams(run.run_dir)
+        if saved:
+            rows[f"{cell.strategy} / {cell.dataset}" if several else cell.strategy] = saved
+    return rows
 
 
 def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dml.report.diagrams import diagram_grid, first_seed_diagrams
 from dml.report.dynamics import dynamics_markdown
 from dml.report.paper import SOURCE
 from dml.report.plot import bar_plot
@@ -32,6 +33,7 @@ class Report:
     table_csv: Path  # report.csv: one row per strategy × dataset
     runs_csv: Path  # runs.csv: one row per run
     plot: Path  # report.png: the bar plot
+    diagrams: Path | None  # diagrams.png: triplet diagrams (only when asked for and saved)
     cells: list[Cell]
     runs: list[Run]
     incomplete: list[Path]
@@ -42,11 +44,14 @@ def make_report(
     out_dir: str | Path | None = None,
     paper: bool = False,
     split: str = "test",
+    diagrams: bool = False,
 ) -> Report:
     """Collect every run under ``sweep_dir`` (its ``metrics.json``, config and Hydra choices),
     average over seeds per strategy × dataset and write ``report.md``, ``report.csv``,
     ``runs.csv`` and ``report.png`` to ``out_dir`` (default ``<sweep_dir>/report``).
-    ``paper`` adds the published R@1 beside ours; ``split`` picks the metrics (``test``/``val``).
+    ``paper`` adds the published R@1 beside ours; ``split`` picks the metrics (``test``/``val``);
+    ``diagrams`` also writes ``diagrams.png``, the triplet diagrams of each strategy's first seed
+    by epoch (when its runs saved any).
     """
     sweep_dir = Path(sweep_dir)
     runs, incomplete = collect_runs(sweep_dir, split)
@@ -62,14 +67,17 @@ def make_report(
     text += "\n" + markdown_tables(cells, metrics, paper)
     dynamics = dynamics_markdown(cells) if split == "test" else ""
     text += "\n" + dynamics if dynamics else ""
+    diagram_rows = first_seed_diagrams(cells) if diagrams else {}
     report = Report(
         out / "report.md", out / "report.csv", out / "runs.csv", out / "report.png",
-        cells, runs, incomplete,
+        out / "diagrams.png" if diagram_rows else None, cells, runs, incomplete,
     )
     report.markdown.write_text(text)
     write_cells_csv(cells, metrics, report.table_csv, paper)
     write_runs_csv(runs, metrics, report.runs_csv)
     bar_plot(cells, paper).savefig(report.plot, dpi=100)
+    if report.diagrams is not None:
+        diagram_grid(diagram_rows).savefig(report.diagrams, dpi=80)
     return report
 
 
