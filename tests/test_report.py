@@ -253,6 +253,7 @@ def test_dynamics_val_curve_last_epoch_stats_and_resumed_logs(tmp_path):
     write_csv_log(run, 1, [
         train_row(1, 0.2, 0.25), train_row(1, 0.4, float("nan")), train_row(1, 0.6, 0.75),
         {"epoch": 1, "val/recall@1": 0.8},
+        {"epoch": 2, "val/recall@1": 0.8},  # after fit: the selected checkpoint re-evaluated
     ])
     d = read_dynamics(run)
     assert d.val_recall_at_1 == {0: 0.8, 1: 0.8}
@@ -279,7 +280,7 @@ def test_report_shows_training_dynamics_per_strategy(tmp_path):
         for epoch, (sim, r1) in enumerate(zip(sims, val, strict=True)):
             rows += [train_row(epoch, sim, hard=0.5 + 0.25 * epoch),
                      {"epoch": epoch, "val/recall@1": r1}]
-        write_csv_log(job, 0, rows)
+        write_csv_log(job, 0, [*rows, {"epoch": 2, "val/recall@1": max(val)}])
     fake_run(tmp_path / "9", "contrastive", "omniglot", 0, {"recall@1": 0.5})  # no CSV logs
     text = make_report(tmp_path).markdown.read_text()
     section = text[text.index("## Training dynamics"):]

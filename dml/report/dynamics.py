@@ -23,9 +23,11 @@ TRAIN_STATS = ("mean_pairwise_sim", "hard_fraction", "mean_s_ap", "mean_s_an")
 
 @dataclass(frozen=True)
 class RunDynamics:
-    """``val_recall_at_1[e]``: validation R@1 after epoch ``e`` (0-based, as logged);
-    ``last_epoch[stat]``: mean of ``train/<stat>`` over the logged steps of the last training
-    epoch (NaN when the loss never logged it, e.g. ``hard_fraction`` of a pair loss)."""
+    """``val_recall_at_1[e]``: validation R@1 after training epoch ``e`` (0-based, as logged; the
+    re-evaluation of the selected checkpoint after training, logged at epoch = max_epochs, is not
+    part of the curve); ``last_epoch[stat]``: mean of ``train/<stat>`` over the logged steps of
+    the last training epoch (NaN when the loss never logged it, e.g. ``hard_fraction`` of a pair
+    loss)."""
 
     val_recall_at_1: dict[int, float]
     last_epoch: dict[str, float]
@@ -73,6 +75,7 @@ def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
                 if _number(row.get("train/loss")) is not None:
                     file_train.setdefault(int(epoch), []).append(row)
         train.update(file_train)
+    val = {e: v for e, v in val.items() if e in train}  # not the selected checkpoint's re-run
     last_rows = train[max(train)] if train else []
     last_epoch = {}
     for stat in TRAIN_STATS:
