@@ -212,7 +212,8 @@ def test_report_diagrams_are_each_strategys_first_seed(tmp_path):
     for n, (loss, seed) in enumerate([("sct", 1), ("sct", 0), ("nca_hardest", 2)]):
         job = fake_run(tmp_path / str(n), loss, "omniglot", seed, {"recall@1": 0.5})
         save_diagrams(job, (0, 1), count=10 * seed + 1)
-    fake_run(tmp_path / "3", "contrastive", "omniglot", 0, {"recall@1": 0.5})  # a pair loss
+    pair_loss = fake_run(tmp_path / "3", "contrastive", "omniglot", 0, {"recall@1": 0.5})
+    save_diagrams(pair_loss, (0,), count=0)  # a pair loss: empty histograms
     rows = first_seed_diagrams(group_runs(collect_runs(tmp_path)[0]))
     assert sorted(rows) == ["nca_hardest", "sct"]
     assert [d.hist[7, 3] for d in rows["sct"]] == [1, 2]  # seed 0's, not seed 1's

@@ -37,14 +37,14 @@ def load_triplet_diagrams(run_dir: str | Path) -> list[SavedDiagram]:
 
 def first_seed_diagrams(cells: Sequence[Cell]) -> dict[str, list[SavedDiagram]]:
     """``{label: diagrams}`` of each cell's lowest-seed run, for :func:`diagram_grid`; cells
-    without diagrams (pair losses, or the callback disabled) are left out. Labels are the
+    without triplets (pair losses, or the callback disabled) are left out. Labels are the
     strategies, with the dataset appended when the cells span several datasets."""
     several = len({c.dataset for c in cells}) > 1
     rows = {}
     for cell in cells:
         run = min(cell.runs, key=lambda r: (r.seed is None, r.seed or 0))
         saved = load_triplet_diagrams(run.run_dir)
-        if saved:
+        if any(d.hist.any() for d in saved):  # pair losses save empty histograms
             rows[f"{cell.strategy} / {cell.dataset}" if several else cell.strategy] = saved
     return rows
 
@@ -52,7 +52,8 @@ def first_seed_diagrams(cells: Sequence[Cell]) -> dict[str, list[SavedDiagram]]:
 def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
     """A grid of triplet diagrams: one row per label (e.g. a strategy), one column per epoch;
     x = S_an, y = S_ap, log colour scale shared by all panels, the diagonal S_an = S_ap in red
-    (triplets right of it are hard)."""
+    (triplets right of it are hard), and a red cross at the triplets' mean (S_an, S_ap), which
+    makes a collapse (every triplet in the corner bin at (1, 1)) visible."""
     epochs = sorted({d.epoch for ds in rows.values() for d in ds})
     vmax = max((float(d.hist.max()) for ds in rows.values() for d in ds), default=1.0)
     norm = LogNorm(vmin=1, vmax=max(vmax, 1.0))
@@ -71,8 +72,16 @@ def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
                     extent=(d.edges[0], d.edges[-1], d.edges[0], d.edges[-1]), aspect="equal",
                     interpolation="nearest",
                 )
-            ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8)
-            ax.set_title(f"{label}\nepoch {epoch}", fontsize="small")
+            ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8, zorder=0)
+            title = f"{label}\nepoch {epoch}"
+            if d is not None and d.hist.any():
+                centres = (d.edges[:-1] + d.edges[1:]) / 2
+                total = d.hist.sum()
+                mean_an = float(d.hist.sum(axis=1) @ centres / total)
+                mean_ap = float(d.hist.sum(axis=0) @ centres / total)
+                ax.plot(mean_an, mean_ap, "x", color="red", markersize=7, clip_on=False)
+                title += f", {int(total)} triplets"
+            ax.set_title(title, fontsize="small")
             if c == 0:
                 ax.set_ylabel("S_ap", fontsize="small")
             if r == len(rows) - 1:
