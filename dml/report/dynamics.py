@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dml.report.table import Cell, format_percent, mean_std, rows_to_markdown
+from dml.report.table import Cell, format_mean_std, format_percent, mean_std, rows_to_markdown
 
 TRAIN_STATS = ("mean_pairwise_sim", "hard_fraction", "mean_s_ap", "mean_s_an")
 
@@ -105,12 +105,8 @@ def dynamics_markdown(cells: Sequence[Cell]) -> str:
                    format_percent(*mean_std(last))]
             for stat in TRAIN_STATS:
                 values = [d.last_epoch[stat] for d in runs if not math.isnan(d.last_epoch[stat])]
-                mean, std = mean_std(values)
-                if stat == "hard_fraction":
-                    row.append(format_percent(mean, std))
-                else:
-                    row.append("—" if mean is None else
-                               f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}"))
+                fmt = format_percent if stat == "hard_fraction" else format_mean_std
+                row.append(fmt(*mean_std(values)))
             rows.append(row)
         if len(rows) > 2:
             parts.append(f"### {dataset}\n\n" + rows_to_markdown(rows))

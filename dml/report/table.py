@@ -88,10 +88,19 @@ def display_name(metric: str) -> str:
     return f"R@{k.group(1)}" if k else NAMES.get(metric, metric)
 
 
-def format_percent(mean: float | None, std: float | None) -> str:
+def format_mean_std(
+    mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2
+) -> str:
+    """``mean ± std`` (each times ``scale``, ``digits`` decimals); ``—`` without a mean, the mean
+    alone without a std."""
     if mean is None:
         return "—"
-    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def format_percent(mean: float | None, std: float | None) -> str:
+    return format_mean_std(mean, std, scale=100, digits=1)
 
 
 def _published_text(value: float | str | None) -> str:
