@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from dml.errors import ConfigError
 from dml.models import EmbeddingNet
-from dml.models.backbone import ConfigError
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:

@@ -1,4 +1,5 @@
-"""Turn user-facing errors (bad config, missing data) into one line and exit code 2."""
+"""Turn user-facing errors (bad config, missing data, bad checkpoints, divergence) into one line
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ from collections.abc import Iterator
 
 from hydra.errors import InstantiationException
 
-from dml.data.records import DatasetError
-from dml.models.backbone import ConfigError
-
-USER_ERRORS = (DatasetError, ConfigError)
+from dml.errors import UserError
 
 
-def _user_error(exc: BaseException) -> BaseException | None:
+def user_error(exc: BaseException | None) -> UserError | None:
     """The user-facing error behind ``exc`` (Hydra wraps errors raised while instantiating)."""
     while exc is not None:
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, UserError):
             return exc
         if not isinstance(exc, InstantiationException):
             return None
@@ -25,15 +23,20 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line. An error raised in a DataLoader worker comes back with the
+    worker's traceback in its message; its last line is the original message."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        user = _user_error(e)
+        user = user_error(e)
         if user is None:
             raise
-        # an error raised in a DataLoader worker comes back with the worker's traceback in its
-        # message; its last line is the original one-line message
-        print(f"error: {str(user).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"error: {one_line(user)}", file=sys.stderr)
         sys.exit(2)

@@ -9,7 +9,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from dml.data.records import DatasetError
+from dml.errors import DatasetError
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from dml.data.listfile import require_file, require_images, split_by_class_id
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.source import DatasetSource, data_root
+from dml.errors import DatasetError
 
 LAYOUT = (
     "<root>/cars_annos.mat (struct array 'annotations' with fields relative_im_path and class) "

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dml.data.dataset import DMLDataset
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.sampler import PKBatchSampler
 from dml.data.source import DatasetSource
+from dml.errors import DatasetError
 
 EVAL_SPLITS = ("val", "test", "query", "gallery")
 

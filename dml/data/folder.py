@@ -6,8 +6,9 @@ import csv
 import os
 from pathlib import Path
 
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.source import DatasetSource
+from dml.errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from dml.data.records import DatasetError
+from dml.errors import DatasetError
 
 
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from dml.data.listfile import Row, read_rows, require_images
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.source import DatasetSource, data_root
+from dml.errors import DatasetError
 
 COLUMNS = ("image_name", "item_id", "evaluation_status")
 STATUSES = ("train", "query", "gallery")

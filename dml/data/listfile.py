@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
+from dml.errors import DatasetError
 
 MAX_LISTED_MISSING = 3
 

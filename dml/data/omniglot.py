@@ -27,8 +27,9 @@ from PIL import Image
 
 from dml.data.archive import download, extract_once
 from dml.data.image_io import load_image
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.source import DatasetSource, cache_dir, data_root
+from dml.errors import DatasetError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
 MD5 = {  # official archives

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class DatasetError(RuntimeError):
-    """A dataset is missing, malformed or unusable; the message says what and how to fix it."""
-
-
 @dataclass(frozen=True)
 class Record:
     """One image: ``item`` is what the source's loader opens (usually a file path), ``label`` the

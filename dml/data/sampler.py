@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from dml.data.records import DatasetError
+from dml.errors import DatasetError
 
 
 class PKBatchSampler(Sampler[list[int]]):

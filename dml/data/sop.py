@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from dml.data.listfile import Row, read_rows, require_images, unique_ids
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
 from dml.data.source import DatasetSource, data_root
+from dml.errors import DatasetError
 
 COLUMNS = ("image_id", "class_id", "super_class_id", "path")
 LAYOUT = (

@@ -10,7 +10,8 @@ from typing import Any
 from PIL import Image
 
 from dml.data.image_io import load_image
-from dml.data.records import DatasetError, Record
+from dml.data.records import Record
+from dml.errors import DatasetError
 
 DATA_DIR_ENV = "DML_DATA_DIR"
 CACHE_DIR_ENV = "DML_CACHE_DIR"

@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names it and the fix."""
+from dml.errors import ConfigError
 
 
 def create_backbone(

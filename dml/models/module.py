@@ -17,11 +17,12 @@ from dml.distributed import (
     gather_in_dataset_order,
     rank_and_world_size,
 )
+from dml.errors import DivergenceError
 from dml.eval import nmi, retrieval_metrics
 from dml.models.backbone import EmbeddingNet
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; training stops with the batch that caused it named."""
 
 
