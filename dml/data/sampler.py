@@ -19,7 +19,11 @@ class PKBatchSampler(Sampler[list[int]]):
     with replacement; such classes are counted in ``undersized_classes``). Batches then draw ``P``
     distinct classes with probability proportional to their remaining chunks and take one chunk
     from each, so an epoch covers every image about once. The order depends only on
-    ``(seed, epoch)`` (call :meth:`set_epoch`; Lightning does).
+    ``(seed, epoch)``: :meth:`set_epoch` chooses the epoch.
+
+    Who calls :meth:`set_epoch`: Lightning (like PyTorch's own loops) calls it at every epoch start
+    on ``dataloader.sampler`` and on ``dataloader.batch_sampler.sampler``, never on the batch
+    sampler itself. :attr:`sampler` is therefore this object, so that the call reaches it.
 
     Distributed: all ranks generate the same *global* batch of ``P`` classes and rank ``r`` of
     ``world_size`` takes classes ``r::world_size``, so no class is split across ranks within a step
@@ -65,6 +69,11 @@ class PKBatchSampler(Sampler[list[int]]):
             )
         chunks = sum(-(-int(c) // k) for c in counts)
         self.num_batches = max(1, chunks // p)
+
+    @property
+    def sampler(self) -> PKBatchSampler:
+        """This sampler: the ``batch_sampler.sampler`` on which training loops call ``set_epoch``."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
