@@ -61,7 +61,8 @@ def test_every_epoch_draws_the_samplers_batches_for_that_epoch(tmp_path):
     from dml.training import train
 
     log = tmp_path / "batches.jsonl"
-    cfg = tiny_config(tmp_path / "run", "trainer.max_epochs=3", "test=false", *record_overrides(log))
+    run = tmp_path / "run"
+    cfg = tiny_config(run, "trainer.max_epochs=3", "test=false", *record_overrides(log))
     train(cfg)
     seen, expected = recorded(log), expected_batches(cfg, 3)
     assert seen == expected

@@ -72,7 +72,7 @@ class PKBatchSampler(Sampler[list[int]]):
 
     @property
     def sampler(self) -> PKBatchSampler:
-        """This sampler: the ``batch_sampler.sampler`` on which training loops call ``set_epoch``."""
+        """Itself: the ``batch_sampler.sampler`` on which training loops call ``set_epoch``."""
         return self
 
     def set_epoch(self, epoch: int) -> None:
