@@ -45,7 +45,7 @@ def test_omniglot_missing_says_where_it_looked(tmp_path: Path, monkeypatch):
 def test_no_data_dir_at_all_says_how_to_fix(monkeypatch):
     monkeypatch.delenv("DML_DATA_DIR", raising=False)
     with pytest.raises(
-        DatasetError, match=r"data\.root=PATH or the environment variable DML_DATA_DIR"
+        DatasetError, match=r"data\.source\.root=PATH or the environment variable DML_DATA_DIR"
     ):
         Omniglot()
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import urllib.request
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from dml.errors import DatasetError
+
+try:
+    import fcntl
+except ImportError:  # Windows: extraction runs without an inter-process lock
+    fcntl = None
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -46,26 +54,52 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
 def extract_once(archive: Path, dest: Path) -> Path:
     """Unpack the zip ``archive`` into ``dest`` unless a finished unpacking of the same archive is
     already there. Unpacks into a temporary sibling and renames it, so an interrupted run never
-    leaves a half-extracted folder that looks complete."""
+    leaves a half-extracted folder that looks complete. Processes extracting the same ``dest``
+    at once take turns on a lock file next to it: one unpacks, the others reuse its result."""
     stamp = f"{archive.name} {archive.stat().st_size} {int(archive.stat().st_mtime)}\n"
-    marker = dest / ".extracted"
-    if marker.is_file() and marker.read_text() == stamp:
+    if is_extracted(dest, stamp):
         return dest
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(dest.with_name(f".{dest.name}.lock")):
+        if not is_extracted(dest, stamp):  # another process may have finished meanwhile
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            try:
+                unzip(archive, tmp)
+                (tmp / ".extracted").write_text(stamp)
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(tmp, dest)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def is_extracted(dest: Path, stamp: str) -> bool:
+    """``dest`` holds a finished unpacking of the archive ``stamp`` describes."""
+    marker = dest / ".extracted"
+    return marker.is_file() and marker.read_text() == stamp
+
+
+def unzip(archive: Path, dest: Path) -> None:
+    """Extract every member of ``archive`` into ``dest``; a corrupt archive (bad zip structure,
+    a broken deflate stream, a CRC mismatch) raises a :class:`DatasetError` naming it."""
+    shutil.rmtree(dest, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as z:
-            z.extractall(tmp)
-    except (zipfile.BadZipFile, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+            z.extractall(dest)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise DatasetError(
             f"cannot unpack {archive}: {e} (the archive is corrupt; replace it)"
         ) from None
-    (tmp / ".extracted").write_text(stamp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    try:
-        os.replace(tmp, dest)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on the file ``path`` (created if missing) while the
+    block runs. Without :mod:`fcntl` (Windows) there is no lock."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Callable
 
@@ -13,9 +14,32 @@ from dml.data.dataset import DMLDataset
 from dml.data.records import Record
 from dml.data.sampler import PKBatchSampler
 from dml.data.source import DatasetSource
-from dml.errors import DatasetError
+from dml.errors import ConfigError, DatasetError
 
 EVAL_SPLITS = ("val", "test", "query", "gallery")
+
+
+def check_int(key: str, value: object, minimum: int, meaning: str, example: int) -> None:
+    """``value`` is an int (not a bool) >= ``minimum``, else a :class:`ConfigError` naming
+    ``key``, what it means and an ``example`` value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(
+            f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}: "
+            f"set e.g. {key}={example}"
+        )
+
+
+def check_val_holdout(holdout: object) -> None:
+    """``holdout`` is an int >= 0 (a count of groups) or a float in [0, 1) (a fraction of them);
+    anything else, 1.0 included, is a :class:`ConfigError`."""
+    is_count = isinstance(holdout, numbers.Integral) and not isinstance(holdout, bool)
+    is_fraction = isinstance(holdout, float) and 0 <= holdout < 1
+    if not (is_fraction or (is_count and holdout >= 0)):
+        raise ConfigError(
+            f"data.val_holdout must be an integer >= 0 or a float in [0, 1), got {holdout!r}: "
+            "an integer is a count of groups, a float a fraction < 1 "
+            "(data.val_holdout=1 holds out one group, 0.1 a tenth of them)"
+        )
 
 
 def carve_validation(
@@ -23,13 +47,16 @@ def carve_validation(
 ) -> tuple[list[Record], list[Record]]:
     """Split training records class-disjointly: whole *groups* (e.g. Omniglot alphabets; the class
     itself when a source defines none) go to validation. ``holdout`` is a count of groups if it is
-    an int >= 1, else a fraction of them. The choice depends only on ``seed``."""
+    an int, a fraction of them if it is a float in [0, 1). The choice depends only on ``seed``."""
+    check_val_holdout(holdout)
     groups = sorted({r.group_key for r in records})
-    n = int(holdout) if holdout >= 1 else round(holdout * len(groups))
+    n = int(holdout) if isinstance(holdout, numbers.Integral) else round(holdout * len(groups))
     if not 0 < n < len(groups):
+        fix = f"a count from 1 to {len(groups) - 1}, or 0" if len(groups) > 1 else "0"
         raise DatasetError(
-            f"cannot hold out {holdout} of {len(groups)} training groups for validation: "
-            "set data.val_holdout to a smaller value, or 0 for no validation"
+            f"data.val_holdout={holdout!r} holds out {n} of the {len(groups)} training groups, "
+            f"but validation and training each need at least one: set data.val_holdout to {fix} "
+            "for no validation"
         )
     val_groups = set(random.Random(seed).sample(groups, n))
     train = [r for r in records if r.group_key not in val_groups]
@@ -40,7 +67,8 @@ class DMLDataModule(L.LightningDataModule):
     """Train loader: :class:`PKBatchSampler` batches of ``batch_p`` classes × ``batch_k`` images.
     Eval loaders (in dataset order): ``val`` if the source has one or ``val_holdout > 0`` carves it
     from the training classes; ``test``, or ``query`` and ``gallery`` (evaluated apart).
-    Model selection uses ``val``, never ``test``.
+    Model selection uses ``val``, never ``test``. The arguments are checked at construction
+    (a :class:`ConfigError` names the ``data.*`` key), before any training.
 
     Distributed (``world_size`` ranks): the P×K sampler shards each global batch by class across
     ranks (``batch_p`` is the global P); each eval loader reads its rank's share of the split in
@@ -53,12 +81,17 @@ class DMLDataModule(L.LightningDataModule):
         eval_transform: Callable,
         batch_p: int = 32,
         batch_k: int = 4,
-        val_holdout: float = 0,
+        val_holdout: float | int = 0,
         eval_batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_int("data.batch_p", batch_p, 1, "the classes per batch", 32)
+        check_int("data.batch_k", batch_k, 1, "the images per class", 4)
+        check_val_holdout(val_holdout)
+        check_int("data.eval_batch_size", eval_batch_size, 1, "the images per eval batch", 256)
+        check_int("data.num_workers", num_workers, 0, "the DataLoader worker processes", 0)
         self.source = source
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_p, self.batch_k = batch_p, batch_k

@@ -6,17 +6,25 @@ import csv
 import os
 from pathlib import Path
 
+from dml.data.listfile import require_images
 from dml.data.records import Record
 from dml.data.source import DatasetSource
 from dml.errors import DatasetError
 
+CSV_HINT = (
+    "fix the paths, or set data.source.image_root=DIR to the folder relative paths start from; "
+    "default: the CSV's folder"
+)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def scan_class_folders(root: Path) -> list[Record]:
     """Records of ``root/<class>/<image>``; an empty class folder is an error."""
     if not root.is_dir():
-        raise DatasetError(f"image folder not found: {root} (expected <root>/<class>/<image>)")
+        raise DatasetError(
+            f"image folder not found: {root} (expected <root>/<class>/<image>): "
+            "set data.source.root=PATH"
+        )
     records = []
     for cls in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -50,7 +58,8 @@ class ImageFolder(DatasetSource):
         if not 0 < n_train < len(classes):
             raise DatasetError(
                 f"{self.root}: {len(classes)} classes cannot be split with "
-                f"test_fraction={self.test_fraction}"
+                f"data.source.test_fraction={self.test_fraction}: set it so that both train "
+                "and test get at least one class"
             )
         train = set(classes[:n_train])
         return {
@@ -70,9 +79,16 @@ class CSVImages(DatasetSource):
         self.image_root = Path(image_root).expanduser() if image_root else self.csv_path.parent
 
     def splits(self) -> dict[str, list[Record]]:
+        out = self._read()
+        check_csv_splits(self.csv_path, out)
+        require_images((r for records in out.values() for r in records), self.csv_path, CSV_HINT)
+        return out
+
+    def _read(self) -> dict[str, list[Record]]:
         if not self.csv_path.is_file():
             raise DatasetError(
-                f"CSV not found: {self.csv_path} (expected columns path,label,split)"
+                f"CSV not found: {self.csv_path} (expected columns path,label,split): "
+                "set data.source.csv_path=FILE"
             )
         out: dict[str, list[Record]] = {}
         with open(self.csv_path, newline="") as f:
@@ -93,3 +109,20 @@ class CSVImages(DatasetSource):
                 path = path if path.is_absolute() else self.image_root / path
                 out.setdefault(split, []).append(Record(str(path), row["label"].strip()))
         return out
+
+
+def check_csv_splits(csv_path: Path, splits: dict[str, list[Record]]) -> None:
+    """The CSV has train rows, and test rows or both query and gallery rows (a lone query or
+    gallery split would silently be evaluated leave-one-out)."""
+    if "train" not in splits:
+        raise DatasetError(f"{csv_path}: no train rows: add rows with split train")
+    if ("query" in splits) != ("gallery" in splits):
+        present, absent = ("query", "gallery") if "query" in splits else ("gallery", "query")
+        raise DatasetError(
+            f"{csv_path}: {present} rows but no {absent} rows: add rows with split {absent}, "
+            f"or make the {present} rows split test"
+        )
+    if "test" not in splits and "query" not in splits:
+        raise DatasetError(
+            f"{csv_path}: no test rows: add rows with split test, or query and gallery"
+        )

@@ -13,6 +13,7 @@ from dml.data.records import Record
 from dml.errors import DatasetError
 
 MAX_LISTED_MISSING = 3
+ROOT_HINT = "incomplete extraction, or data.source.root points at the wrong folder?"
 
 
 def require_file(path: Path, layout: str) -> Path:
@@ -92,17 +93,16 @@ def unique_ids(rows: Iterable[Row], column: int, name: str) -> dict[int, Row]:
     return out
 
 
-def require_images(records: Iterable[Record], listed_in: Path) -> None:
+def require_images(records: Iterable[Record], listed_in: Path, hint: str = ROOT_HINT) -> None:
     """Every record's image file exists; else one error counting the missing ones, naming a few
-    and the list file that names them."""
+    and the list file that names them, then ``hint`` (the likely cause or the fix)."""
     missing = [r.item for r in records if not Path(r.item).is_file()]
     if missing:
         shown = ", ".join(str(m) for m in missing[:MAX_LISTED_MISSING])
         rest = len(missing) - MAX_LISTED_MISSING
         more = f" and {rest} more" if rest > 0 else ""
         raise DatasetError(
-            f"{len(missing)} image(s) listed in {listed_in} not found: {shown}{more} "
-            "(incomplete extraction, or data.source.root points at the wrong folder?)"
+            f"{len(missing)} image(s) listed in {listed_in} not found: {shown}{more} ({hint})"
         )
 
 

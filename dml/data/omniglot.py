@@ -51,9 +51,15 @@ class Omniglot(DatasetSource):
         train_rotations: int = 1,
     ) -> None:
         if merge_characters < 1:
-            raise DatasetError(f"data.merge_characters must be >= 1, got {merge_characters}")
+            raise DatasetError(
+                f"data.source.merge_characters must be >= 1, got {merge_characters}: "
+                "set it to 1 for the original classes"
+            )
         if train_rotations not in (1, 2, 4):
-            raise DatasetError(f"data.train_rotations must be 1, 2 or 4, got {train_rotations}")
+            raise DatasetError(
+                f"data.source.train_rotations must be 1, 2 or 4, got {train_rotations}: "
+                "set it to 1 for no rotated classes"
+            )
         self.root = data_root(root, "omniglot")
         self.download = download
         self.merge_characters = merge_characters
@@ -67,9 +73,10 @@ class Omniglot(DatasetSource):
         if self.download:
             return download(URL.format(stem), path, MD5[stem])
         raise DatasetError(
-            f"Omniglot archive not found: {path} (looked in data.root / $DML_DATA_DIR/omniglot). "
-            "Put images_background.zip and images_evaluation.zip there, set DML_DATA_DIR or "
-            "data.root, or pass data.source.download=true on a machine with internet"
+            f"Omniglot archive not found: {path}: put images_background.zip and "
+            "images_evaluation.zip there, set data.source.root=PATH to the folder that holds "
+            "them (or DML_DATA_DIR=DIR with them in DIR/omniglot), or pass "
+            "data.source.download=true on a machine with internet"
         )
 
     def _records(self, stem: str) -> list[Record]:

@@ -24,8 +24,8 @@ def data_root(root: str | os.PathLike | None, name: str) -> Path:
     base = os.environ.get(DATA_DIR_ENV)
     if not base:
         raise DatasetError(
-            f"no location for dataset '{name}': set data.root=PATH or the environment variable "
-            f"{DATA_DIR_ENV} (the folder that holds '{name}/')"
+            f"no location for dataset '{name}': set data.source.root=PATH or the environment "
+            f"variable {DATA_DIR_ENV} (the folder that holds '{name}/')"
         )
     return Path(base).expanduser() / name
 

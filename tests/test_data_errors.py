@@ -1,0 +1,351 @@
+"""User-facing data errors: one line, naming a real config key and the fix."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import queue
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from dml.cli.data import main as dml_data
+from dml.data import DMLDataModule, Record, carve_validation
+from dml.data.archive import extract_once
+from dml.data.folder import CSVImages
+from dml.data.omniglot import Omniglot
+from dml.data.synthetic import Synthetic
+from dml.data.transforms import build_transform
+from dml.errors import ConfigError, DatasetError
+
+from .conftest import REPO, write_png
+
+HOLDOUT_RULE = "an integer is a count of groups, a float a fraction < 1"
+
+
+def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line ``dml-data args`` prints before exiting with code 2."""
+    with pytest.raises(SystemExit) as info:
+        dml_data(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err.strip()
+
+
+# ---- data.val_holdout ----------------------------------------------------------------------
+def grouped_records() -> list[Record]:
+    return [Record(i, f"g{i % 6}/c{i % 12}", f"g{i % 6}") for i in range(120)]
+
+
+@pytest.mark.parametrize("holdout", [1.0, 1.5, -0.1, -1, True, "3"])
+def test_val_holdout_that_is_neither_a_count_nor_a_fraction_is_refused(holdout):
+    with pytest.raises(ConfigError) as info:
+        carve_validation(grouped_records(), holdout)
+    assert str(info.value) == (
+        f"data.val_holdout must be an integer >= 0 or a float in [0, 1), got {holdout!r}: "
+        f"{HOLDOUT_RULE} (data.val_holdout=1 holds out one group, 0.1 a tenth of them)"
+    )
+
+
+def test_val_holdout_counts_and_fractions_keep_working():
+    assert len({r.group for r in carve_validation(grouped_records(), 1)[1]}) == 1
+    assert len({r.group for r in carve_validation(grouped_records(), 4)[1]}) == 4
+    assert len({r.group for r in carve_validation(grouped_records(), 0.5)[1]}) == 3
+
+
+def test_val_holdout_leaving_no_group_says_the_valid_range():
+    with pytest.raises(DatasetError) as info:
+        carve_validation(grouped_records(), 0.01)
+    assert str(info.value) == (
+        "data.val_holdout=0.01 holds out 0 of the 6 training groups, but validation and "
+        "training each need at least one: set data.val_holdout to a count from 1 to 5, or 0 "
+        "for no validation"
+    )
+
+
+def test_dml_data_refuses_val_holdout_one_point_zero(capsys):
+    err = cli_error(["data=synthetic", "data.val_holdout=1.0"], capsys)
+    assert err.startswith("error: data.val_holdout must be an integer >= 0 or a float in [0, 1)")
+    assert HOLDOUT_RULE in err
+
+
+# ---- DMLDataModule arguments ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        (
+            "batch_p",
+            "abc",
+            "an integer >= 1 (the classes per batch), got 'abc': set e.g. data.batch_p=32",
+        ),
+        ("batch_p", 0, "an integer >= 1 (the classes per batch), got 0: set e.g. data.batch_p=32"),
+        (
+            "batch_k",
+            True,
+            "an integer >= 1 (the images per class), got True: set e.g. data.batch_k=4",
+        ),
+        (
+            "batch_k",
+            2.0,
+            "an integer >= 1 (the images per class), got 2.0: set e.g. data.batch_k=4",
+        ),
+        (
+            "num_workers",
+            -1,
+            "an integer >= 0 (the DataLoader worker processes), got -1: set "
+            "e.g. data.num_workers=0",
+        ),
+        (
+            "eval_batch_size",
+            0,
+            "an integer >= 1 (the images per eval batch), got 0: set e.g. data.eval_batch_size=256",
+        ),
+        (
+            "val_holdout",
+            1.0,
+            "an integer >= 0 or a float in [0, 1), got 1.0: "
+            + HOLDOUT_RULE
+            + " (data.val_holdout=1 holds out one group, 0.1 a tenth of them)",
+        ),
+    ],
+)
+def test_datamodule_refuses_bad_arguments_before_training(key, value, rule):
+    tf = build_transform(size=16, channels=1, mean=[0.5], std=[0.5])
+    with pytest.raises(ConfigError) as info:
+        DMLDataModule(Synthetic(), tf, tf, **{key: value})
+    assert str(info.value) == f"data.{key} must be {rule}"
+
+
+def test_dml_data_refuses_a_string_batch_p(capsys):
+    assert cli_error(["data=synthetic", "data.batch_p=abc"], capsys) == (
+        "error: data.batch_p must be an integer >= 1 (the classes per batch), got 'abc': "
+        "set e.g. data.batch_p=32"
+    )
+
+
+# ---- config keys named in messages ---------------------------------------------------------
+def test_missing_data_dir_names_the_real_key(monkeypatch):
+    monkeypatch.delenv("DML_DATA_DIR", raising=False)
+    with pytest.raises(DatasetError) as info:
+        Omniglot()
+    assert str(info.value) == (
+        "no location for dataset 'omniglot': set data.source.root=PATH or the environment "
+        "variable DML_DATA_DIR (the folder that holds 'omniglot/')"
+    )
+
+
+def test_missing_omniglot_archive_names_real_keys(tmp_path: Path):
+    with pytest.raises(DatasetError) as info:
+        Omniglot(root=tmp_path).splits()
+    assert str(info.value) == (
+        f"Omniglot archive not found: {tmp_path}/images_background.zip: put "
+        "images_background.zip and images_evaluation.zip there, set data.source.root=PATH to "
+        "the folder that holds them (or DML_DATA_DIR=DIR with them in DIR/omniglot), or pass "
+        "data.source.download=true on a machine with internet"
+    )
+
+
+def config_keys_named_in(path: Path) -> set[str]:
+    """The ``data.*`` config keys a source file mentions (not module names like dml.data.x)."""
+    return set(re.findall(r"(?<![\w.])data(?:\.[a-z_]+)+", path.read_text()))
+
+
+def test_every_key_named_under_dml_data_exists_in_a_data_config():
+    configs = [
+        OmegaConf.to_container(OmegaConf.load(p)) for p in (REPO / "conf" / "data").glob("*.yaml")
+    ]
+
+    def exists(key: str) -> bool:
+        for node in configs:
+            for part in key.split(".")[1:]:
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return True
+        return False
+
+    named = {
+        (p.name, key)
+        for p in (REPO / "dml" / "data").glob("*.py")
+        for key in config_keys_named_in(p)
+    }
+    assert ("source.py", "data.source.root") in named
+    assert sorted((f, k) for f, k in named if not exists(k)) == []
+
+
+# ---- the csv data config -------------------------------------------------------------------
+def write_csv(folder: Path, rows: list[tuple[str, str, str]], images: bool = True) -> Path:
+    """``folder/data.csv`` listing ``rows`` (path, label, split); writes the images if asked."""
+    csv = folder / "data.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    csv.write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows))
+    for seed, (path, _, _) in enumerate(rows):
+        if images:
+            write_png(folder / path, seed)
+    return csv
+
+
+def class_rows(split: str, classes: range, per_class: int = 2) -> list[tuple[str, str, str]]:
+    return [(f"img/c{c}_{i}.png", f"c{c}", split) for c in classes for i in range(per_class)]
+
+
+def test_csv_data_config_composes_and_lists_the_splits(tmp_path: Path):
+    csv = write_csv(tmp_path, class_rows("train", range(10)) + class_rows("test", range(10, 13)))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=csv", f"data.source.csv_path={csv}"])
+    splits = instantiate(cfg.data).split_records()
+    assert {s: len({r.label for r in recs}) for s, recs in splits.items()} == {
+        "train": 9,
+        "val": 1,
+        "test": 3,
+    }
+    assert "data=csv data.source.csv_path=FILE" in (REPO / "conf/data/folder.yaml").read_text()
+
+
+# ---- CSVImages -----------------------------------------------------------------------------
+def test_csv_with_missing_images_names_the_csv_and_some_paths(tmp_path: Path):
+    csv = write_csv(
+        tmp_path, class_rows("train", range(3)) + class_rows("test", range(3, 5)), images=False
+    )
+    with pytest.raises(DatasetError) as info:
+        CSVImages(csv).splits()
+    assert str(info.value) == (
+        f"10 image(s) listed in {csv} not found: {tmp_path}/img/c0_0.png, "
+        f"{tmp_path}/img/c0_1.png, {tmp_path}/img/c1_0.png and 7 more (fix the paths, or set "
+        "data.source.image_root=DIR to the folder relative paths start from; default: the "
+        "CSV's folder)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("eval_splits", "message"),
+    [
+        (("val",), "no test rows: add rows with split test, or query and gallery"),
+        (
+            ("query",),
+            "query rows but no gallery rows: add rows with split gallery, or make the "
+            "query rows split test",
+        ),
+        (
+            ("gallery",),
+            "gallery rows but no query rows: add rows with split query, or make the "
+            "gallery rows split test",
+        ),
+        ((), "no test rows: add rows with split test, or query and gallery"),
+    ],
+)
+def test_csv_without_a_complete_test_split_is_an_error(
+    tmp_path: Path, capsys, eval_splits, message
+):
+    rows = class_rows("train", range(3))
+    for n, split in enumerate(eval_splits):
+        rows += class_rows(split, range(3 + 2 * n, 5 + 2 * n))
+    csv = write_csv(tmp_path, rows)
+    with pytest.raises(DatasetError) as info:
+        CSVImages(csv).splits()
+    assert str(info.value) == f"{csv}: {message}"
+    args = ["data=csv", f"data.source.csv_path={csv}", "data.val_holdout=0"]
+    assert cli_error(args, capsys) == f"error: {csv}: {message}"
+
+
+def test_csv_without_train_rows_is_an_error(tmp_path: Path):
+    csv = write_csv(tmp_path, class_rows("test", range(3)))
+    with pytest.raises(DatasetError, match=rf"^{csv}: no train rows: add rows with split train$"):
+        CSVImages(csv).splits()
+
+
+def test_dml_data_reports_missing_csv_images_in_one_line(tmp_path: Path, capsys):
+    csv = write_csv(
+        tmp_path, class_rows("train", range(3)) + class_rows("test", range(3, 5)), images=False
+    )
+    err = cli_error(["data=csv", f"data.source.csv_path={csv}"], capsys)
+    assert err.startswith(f"error: 10 image(s) listed in {csv} not found: {tmp_path}/img/c0_0.png")
+
+
+# ---- archives ------------------------------------------------------------------------------
+def make_zip(path: Path, n_files: int) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(n_files):
+            z.writestr(f"root/f{i:04d}.txt", f"file {i}\n" * (50 + i % 7))
+    return path
+
+
+def test_corrupt_deflate_stream_is_a_dataset_error_and_leaves_nothing(tmp_path: Path):
+    archive = make_zip(tmp_path / "a.zip", 3)
+    with zipfile.ZipFile(archive) as z:
+        info = z.infolist()[1]
+    data = bytearray(archive.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + o :][:2], "little") for o in (26, 28)
+    )
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start] |= 0b110  # deflate block type 3: reserved, invalid
+    archive.write_bytes(bytes(data))
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetError) as info_:
+        extract_once(archive, cache / "a")
+    assert str(info_.value) == (
+        f"cannot unpack {archive}: Error -3 while decompressing data: invalid block type "
+        "(the archive is corrupt; replace it)"
+    )
+    assert [p.name for p in cache.rglob("*")] == [".a.lock"]
+
+
+def test_interrupted_extraction_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch):
+    archive = make_zip(tmp_path / "a.zip", 5)
+    cache = tmp_path / "cache"
+
+    def interrupted(self: zipfile.ZipFile, path: Path) -> None:
+        self.extract(self.namelist()[0], path)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(zipfile.ZipFile, "extractall", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            extract_once(archive, cache / "a")
+    assert [p.name for p in cache.rglob("*")] == [".a.lock"]
+    assert len(list(extract_once(archive, cache / "a").rglob("*.txt"))) == 5
+
+
+def extract_and_list(archive: Path, dest: Path, barrier, results) -> None:
+    """Child process: extract at the same moment as the others, report {file: md5}."""
+    barrier.wait()
+    out = extract_once(archive, dest)
+    results.put(
+        {
+            str(p.relative_to(out)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file()
+        }
+    )
+
+
+def test_concurrent_extractions_share_one_result(tmp_path: Path):
+    archive = make_zip(tmp_path / "a.zip", 400)
+    dest = tmp_path / "cache" / "a"
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [
+        ctx.Process(target=extract_and_list, args=(archive, dest, barrier, results))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    listings = []
+    with contextlib.suppress(queue.Empty):  # a crashed child reports nothing
+        for _ in procs:
+            listings.append(results.get(timeout=30))
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(listings) == 3 and listings[0] == listings[1] == listings[2]
+    assert len(listings[0]) == 401  # 400 files and the .extracted marker
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".a.lock", "a"]
