@@ -30,14 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dml.report import ReportError, latest_sweep, make_report
+    from dml.report import ReportError, RunFileError, latest_sweep, make_report
 
     args = parse_args(argv)
     try:
         sweep = args.sweep_dir or latest_sweep()
         report = make_report(sweep, args.out, paper=args.paper, split=args.split,
                              diagrams=args.diagrams)
-    except (ReportError, FileNotFoundError) as e:
+    except (ReportError, RunFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.markdown.read_text())

@@ -8,7 +8,7 @@ from dml.report.diagrams import (
 )
 from dml.report.dynamics import RunDynamics, read_dynamics
 from dml.report.make import Report, ReportError, make_report
-from dml.report.runs import Run, collect_runs, latest_sweep
+from dml.report.runs import Run, RunFileError, collect_runs, latest_sweep
 from dml.report.table import Cell, group_runs
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ReportError",
     "Run",
     "RunDynamics",
+    "RunFileError",
     "SavedDiagram",
     "collect_runs",
     "diagram_grid",

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from dml.errors import UserError
+
 #: Entries of the metrics dict that are counts, not metrics.
 NON_METRICS = frozenset({"num_queries"})
 #: Overrides that never split a cell: averaged over (seed) or already its row and column.
@@ -25,6 +27,8 @@ CELL_KEYS = frozenset({"seed", "loss", "data"})
 BOOKKEEPING = frozenset({"ckpt_path", "run_dir", "resume"})
 #: Overrides of these are variants of the dataset (the column); others of the strategy (the row).
 DATASET_KEYS = ("data.", "experiment")
+#: How to get past a damaged run file.
+FIX = "repair it, or move that job's directory out of the sweep and re-run the job"
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,41 @@ class Run:
         return out
 
 
-def _read_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+class RunFileError(UserError, ValueError):
+    """A file of a run directory (``metrics.json``, ``config.yaml``, ``.hydra/*.yaml``) is
+    unreadable or malformed; the message names it."""
+
+
+def _read_file(path: Path, expected: type = dict) -> Any:
+    """The JSON (``.json``) or YAML content of a run's file, None if there is no such file;
+    a :class:`RunFileError` naming it if it cannot be parsed or is not an ``expected``."""
+    if not path.is_file():
+        return None
+    parse = json.loads if path.suffix == ".json" else yaml.safe_load
+    try:
+        data = parse(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        raise RunFileError(f"{path} is unreadable ({_reason(e)}): {FIX}") from e
+    if data is not None and not isinstance(data, expected):
+        raise RunFileError(
+            f"{path} holds a {type(data).__name__}, not a {expected.__name__}: {FIX}"
+        )
+    return data
+
+
+def _reason(e: Exception) -> str:
+    """One line on why a file did not parse (YAML errors span several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return f"{e.problem} at line {e.problem_mark.line + 1}"
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _read_overrides(path: Path) -> tuple[str, ...]:
+    """The command-line overrides a job saved (``.hydra/overrides.yaml``): a list of strings."""
+    overrides = _read_file(path, list) or []
+    if not all(isinstance(o, str) for o in overrides):
+        raise RunFileError(f"{path} is not a list of key=value overrides: {FIX}")
+    return tuple(overrides)
 
 
 def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
@@ -66,12 +103,13 @@ def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
 
 
 def load_run(job_dir: Path, split: str = "test") -> Run:
-    """The :class:`Run` of a job directory that has a ``metrics.json``."""
-    result = json.loads((job_dir / "metrics.json").read_text())
-    overrides = tuple(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or ())
-    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
+    """The :class:`Run` of a job directory that has a ``metrics.json``; a :class:`RunFileError`
+    naming the file if one of its files is damaged."""
+    result = _read_file(job_dir / "metrics.json") or {}
+    overrides = _read_overrides(job_dir / ".hydra" / "overrides.yaml")
+    hydra_cfg = _read_file(job_dir / ".hydra" / "hydra.yaml") or {}
     choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
-    config = _read_yaml(job_dir / "config.yaml") or {}
+    config = _read_file(job_dir / "config.yaml") or {}
     seed = config.get("seed", _from_overrides(overrides, "seed"))
     metrics = {
         k: float(v)
@@ -104,7 +142,8 @@ def _natural_key(path: Path) -> tuple:
 def collect_runs(root: str | Path, split: str = "test") -> tuple[list[Run], list[Path]]:
     """``(runs, incomplete)``: the finished runs under a sweep directory, and the job
     directories without ``metrics.json`` or without metrics of ``split`` (crashed, killed or
-    still running)."""
+    still running). A damaged file of a finished run is a :class:`RunFileError`, never a silently
+    dropped run."""
     runs, incomplete = [], []
     for job in job_dirs(Path(root)):
         run = load_run(job, split) if (job / "metrics.json").is_file() else None
@@ -127,7 +166,7 @@ def latest_sweep(base: str | Path = "multirun") -> Path:
 def sweep_command(sweep_dir: Path) -> str | None:
     """The ``dml-train -m ...`` command of a sweep, from Hydra's ``multirun.yaml`` (None for a
     directory that is not a sweep)."""
-    saved = _read_yaml(sweep_dir / "multirun.yaml") or {}
+    saved = _read_file(sweep_dir / "multirun.yaml") or {}
     task = saved.get("hydra", {}).get("overrides", {}).get("task")
     return None if task is None else " ".join(["dml-train -m", *map(shlex.quote, task)])
 

@@ -1,0 +1,101 @@
+"""Checkpoints are loaded with weights_only: no code runs, and damaged, foreign or non-finite
+files give one line naming the file, through both dml.load_embedder and dml-eval."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import dml
+from dml.cli.eval import main as dml_eval
+from dml.errors import CheckpointError
+from dml.training import train
+
+from .training_utils import tiny_config
+
+
+class Payload:
+    """Pickles to a call of os.system: loading it with plain pickle creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    return Path(train(tiny_config(run_dir))["checkpoint"])
+
+
+def eval_error(capsys, path: Path) -> str:
+    """The one stderr line of a dml-eval that must refuse ``path`` with exit code 2."""
+    with pytest.raises(SystemExit) as info:
+        dml_eval([str(path), "--accelerator", "cpu"])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def malicious(checkpoint, tmp_path) -> tuple[Path, Path]:
+    """A real checkpoint with a pickled payload added, and the marker file the payload creates."""
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["payload"] = Payload(marker)
+    torch.save(ckpt, tmp_path / "malicious.ckpt")
+    return tmp_path / "malicious.ckpt", marker
+
+
+def test_pickled_code_does_not_run_through_load_embedder(malicious):
+    path, marker = malicious
+    with pytest.raises(CheckpointError, match="is not a safe dml checkpoint") as info:
+        dml.load_embedder(path, device="cpu")
+    assert str(path) in str(info.value) and "posix.system" in str(info.value)
+    assert not marker.exists()
+
+
+def test_pickled_code_does_not_run_through_dml_eval(malicious, capsys):
+    path, marker = malicious
+    assert eval_error(capsys, path).startswith(f"error: {path} is not a safe dml checkpoint")
+    assert not marker.exists()
+
+
+def write_truncated(path: Path, real: Path) -> None:
+    data = real.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+FOREIGN = {
+    "truncated": (write_truncated, "is truncated or not a checkpoint"),
+    "list": (lambda p, _: torch.save([1, 2, 3], p), "is not a dml checkpoint"),
+    "text": (lambda p, _: p.write_text("hello\n"), "is truncated or not a checkpoint"),
+    "empty": (lambda p, _: p.write_bytes(b""), "is truncated or not a checkpoint"),
+    "directory": (lambda p, _: p.mkdir(), "is a directory, not a checkpoint"),
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_damaged_or_foreign_files_are_one_line_errors(kind, checkpoint, tmp_path, capsys):
+    write, message = FOREIGN[kind]
+    path = tmp_path / f"{kind}.ckpt"
+    write(path, checkpoint)
+    with pytest.raises(CheckpointError, match=message):
+        dml.load_embedder(path, device="cpu")
+    assert eval_error(capsys, path).startswith(f"error: {path} {message}")
+
+
+def test_non_finite_buffer_is_refused(checkpoint, tmp_path, capsys):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("running_var"))
+    ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("inf"))
+    path = tmp_path / "inf.ckpt"
+    torch.save(ckpt, path)
+    line = eval_error(capsys, path)
+    assert line.startswith(f"error: {path}: tensor {key} has NaN or inf values")
+    with pytest.raises(CheckpointError, match=f"tensor {key} has NaN or inf"):
+        dml.load_embedder(path, device="cpu")
