@@ -14,15 +14,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from dml.callbacks.triplet_diagram import TripletDiagram
 from dml.data import DMLDataModule, PKBatchSampler
 from dml.data.synthetic import Synthetic
 from dml.data.transforms import build_transform
@@ -74,6 +77,7 @@ class Embed(nn.Module):
 
     def __init__(self, dim_in: int = DIM_IN) -> None:
         super().__init__()
+        self.backbone = nn.Identity()  # DMLModule's optimizer groups: backbone and head
         self.head = nn.Linear(dim_in, DIM, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,11 +85,14 @@ class Embed(nn.Module):
 
 
 class TrainingStep(nn.Module):
-    """DDP's forward routed to ``training_step``, as Lightning's DDP wrapper does."""
+    """DDP's forward routed to ``training_step``, as Lightning's DDP wrapper does. The module is
+    attached to a barebones Trainer (no fit): ``self.log`` is a no-op and the trainer's strategy
+    answers the module's questions (one process, so its own answer)."""
 
     def __init__(self, module: DMLModule) -> None:
         super().__init__()
         self.module = module
+        module.trainer = L.Trainer(barebones=True, accelerator="cpu", devices=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.module.training_step((x, y), 0)
@@ -139,6 +146,42 @@ def evaluate(world_size: int) -> dict[str, dict[str, float]]:
     return module.eval_metrics
 
 
+class NumTriplets(Callback):
+    """The ``num_triplets`` this rank's loss reported, step by step."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.counts.append(int(pl_module.loss.stats["num_triplets"]))
+
+
+def diagram_run(world_size: int, cross: bool, root: Path) -> tuple[float | None, list[int]]:
+    """One epoch of 3 SCT steps (P = 4 classes × K = 3 images per global batch) through
+    Lightning with the triplet diagram: its total count (rank 0; None on the others) and the
+    ``num_triplets`` of this rank's loss per step."""
+    transform = build_transform(size=8, channels=1, mean=[0.5], std=[0.25])
+    datamodule = DMLDataModule(
+        Synthetic(train_classes=8, test_classes=3, images_per_class=6, size=8),
+        transform, transform, batch_p=4, batch_k=3,
+    )
+    torch.manual_seed(0)
+    module = DMLModule(Embed(dim_in=64), SCTLoss(), partial(torch.optim.SGD, lr=0.1),
+                       cross_rank_mining=cross)
+    counter = NumTriplets()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world_size, strategy="ddp" if world_size > 1 else "auto",
+        precision="64-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, max_epochs=1,
+        limit_train_batches=3, limit_val_batches=0, num_sanity_val_steps=0,
+        default_root_dir=root, callbacks=[TripletDiagram(bins=10), counter],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        return None, counter.counts
+    return float(np.load(root / "triplet_diagrams" / "epoch_000.npz")["hist"].sum()), counter.counts
+
+
 def collectives(rank: int) -> dict[str, object]:
     """The primitives on uneven shards: rank r holds rows 10r .. 10r + 2 + r."""
     local = torch.arange(10 * rank, 10 * rank + 3 + rank, dtype=torch.float64)
@@ -166,6 +209,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     # Lightning finds the process group ready and this process listed as its local rank.
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD))
     results["eval"] = evaluate(WORLD)
+    for cross in (True, False):
+        results["diagram", cross] = diagram_run(WORLD, cross, Path(out_dir) / f"diagram_{cross}")
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -217,6 +262,19 @@ def test_two_process_evaluation_equals_one_process(ranks):
         assert result["eval"].keys() == single.keys()
         for split, metrics in single.items():
             assert result["eval"][split] == pytest.approx(metrics, abs=1e-12), split
+
+
+def test_triplet_diagram_counts_each_global_triplet_once(ranks, tmp_path):
+    """Cross-rank mining: both ranks' losses use the same global triplets, which the diagram
+    counts once (as one process on the same global batches does); per-rank mining: the ranks'
+    own triplets, summed."""
+    single_total, single_counts = diagram_run(1, True, tmp_path)
+    (total, counts0), (_, counts1) = ranks[0]["diagram", True], ranks[1]["diagram", True]
+    assert len(counts0) == 3 and counts0 == counts1 == single_counts and all(counts0)
+    assert total == sum(counts0) == single_total == sum(single_counts)
+    (total, counts0), (_, counts1) = ranks[0]["diagram", False], ranks[1]["diagram", False]
+    assert all(counts0) and all(counts1)
+    assert total == sum(counts0) + sum(counts1)
 
 
 def test_collectives_on_uneven_shards(ranks):

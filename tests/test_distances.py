@@ -4,8 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dml.distances import CosineSimilarity, EuclideanDistance, get_distance
+from dml.errors import ConfigError
 
 
 def ref_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -84,8 +86,8 @@ def test_get_distance_names() -> None:
     assert get_distance("cosine") == CosineSimilarity()
     assert get_distance("squared_euclidean") == EuclideanDistance(squared=True)
     assert get_distance(EuclideanDistance()) == EuclideanDistance()
-    with pytest.raises(ValueError, match="unknown distance"):
-        get_distance("manhattan")
+    with pytest.raises(ConfigError, match=r"^loss\.distance must be one of \['cosine', "):
+        get_distance("manhattan", "loss.distance")
 
 
 @pytest.mark.parametrize("name", list(REFERENCES))
@@ -106,3 +108,106 @@ def test_select_pairs_values_and_gradients(name: str, count: int) -> None:
     (grad_ref,) = torch.autograd.grad(want.sum(), x_ref)
     torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- the Gram path of large matrices
+def gram_batch(seed: int = 3, rows: int = 40, dim: int = 64) -> torch.Tensor:
+    """Float64 rows past the elementwise size (40 * 40 * 64 > 2^16: the Gram formula), with
+    every kind of cancellation: exact duplicates, a pair 1e-7 apart, pairs at 1/32 and 1/4 of
+    the spread (either side of the refinement threshold, 1/16), all offset by a common vector
+    of norm ~8000 (a collapsed batch, whose uncentred Gram formula cancels everywhere)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=g, dtype=torch.float64)
+    step = F.normalize(torch.randn(3, dim, generator=g, dtype=torch.float64), dim=1)
+    x[1] = x[0]
+    x[3] = x[2] + 1e-7 * step[0]
+    x[5] = x[4] + 8 / 32 * step[1]  # |x_i| ~ sqrt(64) = 8
+    x[7] = x[6] + 8 / 4 * step[2]
+    return x + 1e3 * torch.randn(dim, generator=g, dtype=torch.float64)
+
+
+def count_cdist(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of torch.cdist (the whole matrix from differences)."""
+    calls = [0]
+    cdist = torch.cdist
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return cdist(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "cdist", counted)
+    return calls
+
+
+def gram_tolerances(name: str, x: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
+    """``(rtol of the values, atol of the gradient of sum(weights * matrix))`` on the Gram path,
+    worst-case bounds of the float64 arithmetic (u = eps / 2, k = dim, B = rows, T = 2^-8):
+
+    * values: unrefined entries have d^2 >= T S (S = |x~_i|^2 + |x~_j|^2) and the Gram formula
+      errs by <= 2 gamma_{k+2} S, so d^2 has a relative error <= 2 (k+2) u / T, plus 2 u
+      sqrt(2 / T) < 48 u from centring; refined entries <= (k+3) u. Hence 2^8 (k+3) eps for d^2
+      and half of it for d;
+    * gradient: backpropagation through the formula forms sum_j g_ij (x~_i - x~_j) as two sums of
+      B terms, each with error <= gamma_{B+2} sum_j |g_ij| |x~|; g_ij = 2 w_ij for d^2 (|x~| <= R)
+      and w_ij / d_ij for d, with |x~| / d_ij <= 1 / sqrt(T) = 16. Rows and columns both count.
+    """
+    rows, dim = x.shape
+    eps = torch.finfo(x.dtype).eps
+    w = weights.abs().sum(dim=1).max() + weights.abs().sum(dim=0).max()
+    if name == "squared_euclidean":
+        radius = (x - x.mean(dim=0)).norm(dim=1).max()
+        return 2**8 * (dim + 3) * eps, float(2 * (rows + 2) * eps * w * radius)
+    return 2**7 * (dim + 3) * eps, float(16 * (rows + 2) * eps * w)
+
+
+@pytest.mark.parametrize("name", ["euclidean", "squared_euclidean"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_gram_path_is_accurate_near_zero(
+    name: str, cross: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_cdist(monkeypatch)
+    x = gram_batch().requires_grad_()
+    y = x.flip(0) if cross else None
+    weights = torch.randn(40, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = get_distance(name).pairwise(x, y)
+    (grad,) = torch.autograd.grad((got * weights).sum(), x)
+    assert calls[0] == 0  # the Gram formula, refined: not the whole matrix from differences
+
+    x_ref = x.detach().clone().requires_grad_()
+    want = ref_matrix(name, x_ref, x_ref.flip(0) if cross else x_ref)
+    (grad_ref,) = torch.autograd.grad((want * weights).sum(), x_ref)
+    rtol, grad_atol = gram_tolerances(name, x.detach(), weights)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=grad_atol)
+    # the tolerance does not hide the cancellation: the plain formula is far off on this batch
+    xd = x.detach()
+    x2 = (xd * xd).sum(dim=1)
+    plain = (x2[:, None] + x2[None, :] - 2 * xd @ xd.T).clamp_min(0)
+    plain_want = ref_matrix("squared_euclidean", xd, xd)
+    off = ~torch.eye(40, dtype=torch.bool)
+    assert ((plain - plain_want).abs() / plain_want.clamp_min(1e-300))[off].max() > 1e3 * rtol
+
+
+def test_many_near_duplicates_use_differences_for_the_whole_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two points repeated 20 times (with 1e-9 noise): 760 entries to refine, more than 16
+    matrices' worth of differences, so the whole matrix comes from torch.cdist."""
+    calls = count_cdist(monkeypatch)
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(2, 64, generator=g, dtype=torch.float64)
+    noise = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    x = centres.repeat_interleave(20, dim=0) + 1e-9 * noise
+    x[1] = x[0]
+    x.requires_grad_()
+    got = EuclideanDistance().pairwise(x)
+    assert calls[0] == 1
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    x_ref = x.detach().clone().requires_grad_()
+    want = ref_matrix("euclidean", x_ref, x_ref)
+    (grad_ref,) = torch.autograd.grad(want.sum(), x_ref)
+    eps = torch.finfo(torch.float64).eps
+    torch.testing.assert_close(got, want, rtol=(64 + 3) * eps, atol=0)
+    assert got[0, 1] == 0 and torch.isfinite(grad).all()
+    # differences: each d_ij and (x_i - x_j) / d_ij to (k + 3) u; 2 x 40 such terms per row
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=2 * 40 * (64 + 3) * eps)

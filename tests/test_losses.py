@@ -27,6 +27,7 @@ from dml.miners import (
     MultiSimilarityMiner,
     RandomNegativeMiner,
     SemiHardNegativeMiner,
+    TripletMiner,
 )
 from tests.test_miners import (
     KINDS,
@@ -222,6 +223,37 @@ def ref_run(ref, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return value.detach(), torch.zeros_like(x) if grad is None else grad
 
 
+# Tolerance of the reference comparisons, from the float64 arithmetic (u = 2^-53). These batches
+# are small, so the library computes every measure without BLAS (elementwise products, or
+# differences for Euclidean; see dml.distances), as the references do: with k <= 6 coordinates
+# each measure, and each factor (x_i - x_j) / d of a Euclidean gradient, has a relative error
+# <= (k + 3) u ~ 1e-15 on any CPU, BLAS or thread count, and identical embeddings get bitwise
+# equal measures (exact ties, broken the same way). The values and gradients are means of at
+# most a few hundred terms, each Lipschitz in the measures with a constant <= 10 (1/τ for NCA and
+# SCT, β for MS) and of magnitude <= 10, plus a few ulps from exp/log: they differ by at most
+# ~10 * 10 * 1e-15 = 1e-13 (observed: 2e-15). TOL leaves a factor 100 above that bound, and is
+# 1e5 times below the smallest change a bug makes here (test_reference_comparison_catches_bugs).
+TOL = {"atol": 1e-11, "rtol": 1e-11}
+
+
+def assert_matches(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, ...]) -> None:
+    """Value and gradient of the loss equal those of the reference within :data:`TOL`."""
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    torch.testing.assert_close(got[1], want[1], **TOL)
+
+
+class FixedTriplets(TripletMiner):
+    """A miner returning given triplets (to feed a loss a deliberately wrong selection)."""
+
+    def __init__(self, triplets: list[Triplet]) -> None:
+        super().__init__("euclidean")
+        self.triplets = triplets
+
+    def mine(self, matrix: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a, p, n = zip(*self.triplets, strict=True)
+        return torch.tensor(a), torch.tensor(p), torch.tensor(n)
+
+
 # ----------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(ALL_CASES))
@@ -229,10 +261,26 @@ def test_loss_matches_reference(name: str, kind: str) -> None:
     make_loss, ref = ALL_CASES[name]
     for seed in (0, 1):
         x, labels = make_batch(kind, seed)
-        value, grad = run(make_loss(), x, labels)
-        want, want_grad = ref_run(ref, x, labels)
-        torch.testing.assert_close(value, want, atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(grad, want_grad, atol=1e-10, rtol=1e-8)
+        assert_matches(run(make_loss(), x, labels), ref_run(ref, x, labels))
+
+
+def test_reference_comparison_catches_bugs() -> None:
+    """TOL is loose only against rounding: a margin off by 1e-6, or the right value reached
+    through the wrong one of two identical positives (ties go to the lowest index), fails."""
+    x, labels = make_batch("ties", 0)
+    lab = labels.tolist()
+    triplets = ref_per_anchor(x, lab, "euclidean", "hardest", "hardest")
+    want = ref_run(lambda x, lab: ref_margin(x, triplets, "euclidean", 0.2, "mean"), x, labels)
+    assert_matches(run(MarginTripletLoss(0.2, FixedTriplets(triplets)), x, labels), want)
+    with pytest.raises(AssertionError, match="Scalars are not close"):
+        assert_matches(run(MarginTripletLoss(0.2 + 1e-6, FixedTriplets(triplets)), x, labels), want)
+    # anchor 0's hardest positives 1 and 2 are the same embedding: the reference picks 1
+    assert triplets[0][:2] == (0, 1) and torch.equal(x[1], x[2])
+    wrong = [(0, 2, triplets[0][2]), *triplets[1:]]
+    value, grad = run(MarginTripletLoss(0.2, FixedTriplets(wrong)), x, labels)
+    torch.testing.assert_close(value, want[0], **TOL)  # same value ...
+    with pytest.raises(AssertionError, match="Tensor-likes are not close"):
+        torch.testing.assert_close(grad, want[1], **TOL)  # ... other gradient
 
 
 @pytest.mark.parametrize("name", list(ALL_CASES))

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dml import losses, miners
+from dml.cli.errors import user_error
 from dml.distances import CosineSimilarity, EuclideanDistance
+from dml.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 EXPECTED = {
@@ -36,8 +39,11 @@ def load(name: str, *overrides: str):
 
 
 def unit_batch(seed: int = 0):
+    """32 unit vectors in float64: cosine and Euclidean orders agree unless two pairs tie to
+    ~1e-16 (in float32, ties within ~1e-7 could order the two measures differently)."""
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(32, 8, generator=g), dim=1), torch.arange(32) % 8
+    x = torch.randn(32, 8, generator=g, dtype=torch.float64)
+    return F.normalize(x, dim=1), torch.arange(32) % 8
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -90,3 +96,113 @@ def test_pml_is_imported_only_when_a_pml_config_is_built() -> None:
         "assert 'pytorch_metric_learning' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def compose_loss(name: str, *overrides: str):
+    """``cfg.loss`` of the real composed config with ``loss=<name>`` and the overrides."""
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        return compose("config", overrides=[f"loss={name}", *overrides]).loss
+
+
+# (config, overrides, the one-line error): every constrained hyper-parameter of conf/loss/*
+# (pml.yaml passes its values to pytorch-metric-learning, which checks its own).
+BAD_VALUES = [
+    ("triplet_batchhard", ["loss.margin=-1"], "loss.margin must be >= 0, got -1"),
+    (
+        "triplet_batchhard",
+        ["loss.reduction=sum"],
+        "loss.reduction must be one of ['mean', 'mean_nonzero'], got 'sum'",
+    ),
+    (
+        "triplet_batchhard",
+        ["loss.miner.distance=manhattan"],
+        "loss.miner.distance must be one of ['cosine', 'euclidean', 'squared_euclidean'], "
+        "got 'manhattan'",
+    ),
+    (
+        "triplet_batchhard",
+        ["loss.miner.distance=cosine", "loss.distance=l1"],
+        "loss.distance must be one of ['cosine', 'euclidean', 'squared_euclidean'], got 'l1'",
+    ),
+    ("triplet_semihard", ["loss.margin=0"], "loss.miner.margin must be > 0 or null, got 0"),
+    (
+        "triplet_semihard",
+        ["loss.miner.margin=null", "loss.margin=-0.1"],
+        "loss.margin must be >= 0, got -0.1",
+    ),
+    ("triplet_all", ["loss.margin=-0.2"], "loss.margin must be >= 0, got -0.2"),
+    ("triplet_all", ["loss.margin=abc"], "loss.margin must be a number >= 0, got 'abc'"),
+    ("triplet_all", ["loss.margin=inf"], "loss.margin must be finite, got inf"),
+    ("nca_hardest", ["loss.temperature=0"], "loss.temperature must be > 0, got 0"),
+    ("nca_semihard", ["loss.temperature=-0.1"], "loss.temperature must be > 0, got -0.1"),
+    (
+        "nca_semihard",
+        ["loss.miner.positive=medium"],
+        "loss.miner.positive must be one of ['hardest', 'easiest', 'random'], got 'medium'",
+    ),
+    ("sct", ["loss.lam=-1"], "loss.lam must be >= 0, got -1"),
+    ("sct", ["loss.temperature=0"], "loss.temperature must be > 0, got 0"),
+    ("sct", ["loss.hard_threshold=1.5"], "loss.hard_threshold must be in [-1, 1] or null, got 1.5"),
+    ("contrastive", ["loss.pos_margin=-0.1"], "loss.pos_margin must be >= 0, got -0.1"),
+    ("contrastive", ["loss.neg_margin=-1"], "loss.neg_margin must be >= 0, got -1"),
+    (
+        "contrastive",
+        ["loss.distance=cosine", "loss.pos_margin=1", "loss.neg_margin=1.5"],
+        "loss.neg_margin must be in [-1, 1], got 1.5",
+    ),
+    ("multisimilarity", ["loss.alpha=0"], "loss.alpha must be > 0, got 0"),
+    ("multisimilarity", ["loss.beta=-50"], "loss.beta must be > 0, got -50"),
+    ("multisimilarity", ["loss.base=2"], "loss.base must be in [-1, 1], got 2"),
+    ("multisimilarity", ["loss.miner.epsilon=-0.1"], "loss.miner.epsilon must be >= 0, got -0.1"),
+    ("loop_triplet", ["loss.margin=-1e-5"], "loss.margin must be >= 0, got -1e-05"),
+    (
+        "loop_triplet",
+        ["loss.reduction=max"],
+        "loss.reduction must be one of ['mean', 'mean_nonzero'], got 'max'",
+    ),
+    ("loop_contrastive", ["loss.pos_margin=-1"], "loss.pos_margin must be >= 0, got -1"),
+    ("loop_contrastive", ["loss.neg_margin=-0.5"], "loss.neg_margin must be >= 0, got -0.5"),
+    ("loop_multisimilarity", ["loss.alpha=-2"], "loss.alpha must be > 0, got -2"),
+    ("loop_multisimilarity", ["loss.beta=0"], "loss.beta must be > 0, got 0"),
+    ("loop_multisimilarity", ["loss.base=-1.5"], "loss.base must be in [-1, 1], got -1.5"),
+    ("loop_multisimilarity", ["loss.epsilon=-0.1"], "loss.epsilon must be >= 0, got -0.1"),
+    ("loop_lifted", ["loss.margin=-1"], "loss.margin must be >= 0, got -1"),
+]
+
+
+def test_every_loss_config_has_bad_value_cases() -> None:
+    configs = {p.stem for p in CONF.glob("*.yaml")} - {"pml"}
+    assert {name for name, _, _ in BAD_VALUES} == configs
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    BAD_VALUES,
+    ids=[f"{name}:{','.join(overrides)}" for name, overrides, _ in BAD_VALUES],
+)
+def test_impossible_hyperparameters_raise_a_config_error(name, overrides, message) -> None:
+    """Raised while the loss is built, before any training; the CLI prints it in one line."""
+    cfg = compose_loss(name, *overrides)
+    with pytest.raises(Exception) as raised:
+        instantiate(cfg)
+    error = user_error(raised.value)  # Hydra wraps what the constructor raised
+    assert isinstance(error, ConfigError)
+    assert str(error) == message
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("triplet_batchhard", ["loss.margin=0"]),
+        ("triplet_semihard", ["loss.miner.margin=null"]),
+        ("loop_triplet", ["loss.margin=1e-5"]),  # the LoOp authors' triplet margin
+        ("loop_lifted", ["loss.margin=0"]),
+        ("sct", ["loss.lam=0", "loss.hard_threshold=-1"]),
+        ("sct", ["loss.hard_threshold=1"]),
+        ("contrastive", ["loss.distance=cosine", "loss.pos_margin=1.0", "loss.neg_margin=-0.5"]),
+        ("multisimilarity", ["loss.miner.epsilon=0", "loss.base=-1"]),
+        ("loop_multisimilarity", ["loss.epsilon=0", "loss.base=1"]),
+    ],
+)
+def test_boundary_hyperparameters_are_legal(name, overrides) -> None:
+    instantiate(compose_loss(name, *overrides))

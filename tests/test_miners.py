@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dml.distances import get_distance
+from dml.errors import ConfigError
 from dml.miners import (
     AllPairsMiner,
     AllTripletsMiner,
@@ -268,7 +269,7 @@ def test_miner_accepts_precomputed_matrix_and_rejects_bad_rules() -> None:
     miner = BatchHardMiner("euclidean")
     matrix = get_distance("euclidean").pairwise(x)
     assert as_list(miner.mine(matrix, labels)) == as_list(miner(x, labels))
-    with pytest.raises(ValueError, match="positive rule"):
+    with pytest.raises(ConfigError, match=r"^loss\.miner\.positive must be one of \["):
         PerAnchorTripletMiner("medium", "hardest")
-    with pytest.raises(ValueError, match="negative rule"):
+    with pytest.raises(ConfigError, match=r"^loss\.miner\.negative must be one of \["):
         PerAnchorTripletMiner("hardest", "medium")

@@ -53,7 +53,10 @@ def log_image_to_wandb(loggers: Iterable[Logger], path: Path, step: int) -> None
 class TripletDiagram(Callback):
     """Accumulates the cosine ``(S_an, S_ap)`` of the triplets the loss selected
     (``pl_module.loss.triplet_similarities``, read in ``on_train_batch_end``) over the chosen
-    epochs, into a ``bins`` × ``bins`` histogram on [-1, 1]², summed over distributed ranks.
+    epochs, into a ``bins`` × ``bins`` histogram on [-1, 1]² that counts each triplet of the
+    global batch once. Under DDP with the module's ``cross_rank_mining`` every rank computes the
+    loss on the same global batch and records the same triplets, so rank 0's histogram is the
+    global one; otherwise each rank mines its own shard and the ranks' histograms are summed.
     At the end of such an epoch rank 0 writes
     ``<trainer.default_root_dir>/triplet_diagrams/epoch_XXX.png`` (the figure) and
     ``epoch_XXX.npz`` (``hist``, ``edges``, ``epoch``; ``hist[i, j]`` counts S_an in bin i and
@@ -86,10 +89,12 @@ class TripletDiagram(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._hist is None:
             return
-        total = trainer.strategy.reduce(
-            torch.as_tensor(self._hist, device=pl_module.device), reduce_op="sum"
-        )
-        hist = total.cpu().numpy()
+        hist = self._hist
+        if not getattr(pl_module, "cross_rank_mining", False):  # per-rank shards: add them up
+            total = trainer.strategy.reduce(
+                torch.as_tensor(hist, device=pl_module.device), reduce_op="sum"
+            )
+            hist = total.cpu().numpy()
         self._hist = None
         if not trainer.is_global_zero:
             return

@@ -20,14 +20,14 @@ Means over an empty set are NaN.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dml.distances import CosineSimilarity, Distance, get_distance
-from dml.miners.base import PairMiner, TripletMiner
+from dml.miners.base import PairMiner, TripletMiner, check_choice
 from dml.miners.pair import AllPairsMiner
 
 Reduction = Literal["mean", "mean_nonzero"]
@@ -43,6 +43,12 @@ def reduce_terms(terms: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "mean_nonzero":
         return terms.sum() / (terms != 0).sum().clamp_min(1)
     raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def check_reduction(reduction: object) -> None:
+    """:class:`~dml.errors.ConfigError` naming ``loss.reduction`` unless it is a
+    :data:`Reduction`."""
+    check_choice("loss.reduction", reduction, get_args(Reduction))
 
 
 def mean_or_nan(values: Tensor) -> Tensor:
@@ -108,7 +114,7 @@ class TripletLoss(DMLLoss):
     def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
         super().__init__()
         self.miner = miner
-        self.distance = get_distance(distance)
+        self.distance = get_distance(distance, "loss.distance")
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         a, p, n = self.miner(embeddings, labels)
@@ -148,7 +154,7 @@ class PairLoss(DMLLoss):
 
     def __init__(self, miner: PairMiner | None, distance: str | Distance = "cosine") -> None:
         super().__init__()
-        self.distance = get_distance(distance)
+        self.distance = get_distance(distance, "loss.distance")
         self.miner = miner if miner is not None else AllPairsMiner(self.distance)
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:

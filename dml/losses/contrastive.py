@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.distances import Distance
-from dml.losses.base import PairLoss, Reduction, reduce_terms
-from dml.miners.base import PairMiner
+from dml.losses.base import PairLoss, Reduction, check_reduction, reduce_terms
+from dml.miners.base import PairMiner, check_range
 
 
 class ContrastiveLoss(PairLoss):
@@ -19,7 +19,8 @@ class ContrastiveLoss(PairLoss):
     written with the closeness ``c`` of ``distance`` (for a similarity: max(0, m_pos - S_ij)
     and max(0, S_ij - m_neg)). P / N are the positive / negative pairs from ``miner`` (default
     all pairs) and R the ``reduction`` of each sum, ``"mean_nonzero"`` by default (each part
-    averaged over its non-zero terms, as pytorch-metric-learning's ContrastiveLoss).
+    averaged over its non-zero terms, as pytorch-metric-learning's ContrastiveLoss). Margins
+    are values of the measure: ``>= 0`` for a distance, in ``[-1, 1]`` for the cosine.
     """
 
     def __init__(
@@ -30,7 +31,11 @@ class ContrastiveLoss(PairLoss):
         distance: str | Distance = "euclidean",
         reduction: Reduction = "mean_nonzero",
     ) -> None:
+        check_reduction(reduction)
         super().__init__(miner, distance)
+        bounds = (-1.0, 1.0) if self.distance.higher_is_closer else (0.0, None)
+        check_range("loss.pos_margin", pos_margin, *bounds)
+        check_range("loss.neg_margin", neg_margin, *bounds)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
         self.reduction = reduction

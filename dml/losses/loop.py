@@ -58,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dml.losses.base import DMLLoss, Reduction, mean_or_nan, reduce_terms
-from dml.losses.multisimilarity import log1p_sum_exp
-from dml.miners.base import label_masks
+from dml.losses.base import DMLLoss, Reduction, check_reduction, mean_or_nan, reduce_terms
+from dml.losses.multisimilarity import check_ms_parameters, log1p_sum_exp
+from dml.miners.base import check_range, label_masks
 
 # Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, b-c, a-d,
 # b-d), 4 endpoint projections (a and b onto arc c->d, c and d onto arc a->b), 2 interior
@@ -534,6 +534,8 @@ class LoOpTripletLoss(LoOpLoss):
     def __init__(
         self, margin: float = 0.2, reduction: Reduction = "mean", endpoints_only: bool = False
     ) -> None:
+        check_range("loss.margin", margin, 0)
+        check_reduction(reduction)
         super().__init__(endpoints_only)
         self.margin = margin
         self.reduction = reduction
@@ -568,6 +570,9 @@ class LoOpContrastiveLoss(LoOpLoss):
         reduction: Reduction = "mean_nonzero",
         endpoints_only: bool = False,
     ) -> None:
+        check_range("loss.pos_margin", pos_margin, 0)
+        check_range("loss.neg_margin", neg_margin, 0)
+        check_reduction(reduction)
         super().__init__(endpoints_only)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
@@ -601,6 +606,8 @@ class LoOpMultiSimilarityLoss(LoOpLoss):
         epsilon: float = 0.1,
         endpoints_only: bool = False,
     ) -> None:
+        check_ms_parameters(alpha, beta, base)
+        check_range("loss.epsilon", epsilon, 0)
         super().__init__(endpoints_only)
         self.alpha = alpha
         self.beta = beta
@@ -634,6 +641,7 @@ class LoOpLiftedStructureLoss(LoOpLoss):
     """
 
     def __init__(self, margin: float = 1.0, endpoints_only: bool = False) -> None:
+        check_range("loss.margin", margin, 0)
         super().__init__(endpoints_only)
         self.margin = margin
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from dml.losses.base import PairLoss
-from dml.miners.base import PairMiner
+from dml.miners.base import PairMiner, check_range
 from dml.miners.pair import MultiSimilarityMiner
 
 
@@ -15,6 +15,13 @@ def log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
     masked = x.masked_fill(~mask, float("-inf"))
     zeros = x.new_zeros(x.shape[0], 1)
     return torch.logsumexp(torch.cat([masked, zeros], dim=1), dim=1)
+
+
+def check_ms_parameters(alpha: float, beta: float, base: float) -> None:
+    """:class:`~dml.errors.ConfigError` unless α > 0, β > 0 and λ (``base``) is in [-1, 1]."""
+    check_range("loss.alpha", alpha, 0, strict=True)
+    check_range("loss.beta", beta, 0, strict=True)
+    check_range("loss.base", base, -1, 1)
 
 
 def _pair_mask(like: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -31,7 +38,7 @@ class MultiSimilarityLoss(PairLoss):
 
     with P_i / N_i the positive / negative pairs of anchor i kept by ``miner`` (default the
     paper's pair mining, :class:`~dml.miners.MultiSimilarityMiner` with ε = 0.1). Defaults
-    α = 2, β = 50, λ = 0.5 (``base``).
+    α = 2, β = 50, λ = 0.5 (``base``); α, β > 0 and λ in [-1, 1] (a cosine).
     """
 
     def __init__(
@@ -41,6 +48,7 @@ class MultiSimilarityLoss(PairLoss):
         base: float = 0.5,
         miner: PairMiner | None = None,
     ) -> None:
+        check_ms_parameters(alpha, beta, base)
         super().__init__(miner if miner is not None else MultiSimilarityMiner(0.1), "cosine")
         self.alpha = alpha
         self.beta = beta

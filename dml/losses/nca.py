@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.losses.base import TripletLoss
-from dml.miners.base import TripletMiner
+from dml.miners.base import TripletMiner, check_range
 from dml.miners.triplet import EasyPositiveHardNegativeMiner
 
 _ULPS = 16
@@ -18,13 +18,15 @@ class NCATripletLoss(TripletLoss):
 
         ℓ(a, p, n) = -log( exp(S_ap/τ) / (exp(S_ap/τ) + exp(S_an/τ)) ) = softplus((S_an - S_ap)/τ)
 
-    averaged over the valid mined triplets, valid meaning -1 < S < 1 for both S_ap and S_an (as
-    in the SCT authors' code), judged with a slack of 16 machine epsilons of the dtype. Default
-    miner: EPHN in cosine without near-duplicate positives; the miner may measure closeness
-    differently (e.g. Euclidean), the loss stays in cosine.
+    with temperature ``τ > 0``, averaged over the valid mined triplets, valid meaning
+    -1 < S < 1 for both S_ap and S_an (as in the SCT authors' code), judged with a slack of 16
+    machine epsilons of the dtype. Default miner: EPHN in cosine without near-duplicate
+    positives; the miner may measure closeness differently (e.g. Euclidean), the loss stays in
+    cosine.
     """
 
     def __init__(self, temperature: float = 0.1, miner: TripletMiner | None = None) -> None:
+        check_range("loss.temperature", temperature, 0, strict=True)
         if miner is None:
             miner = EasyPositiveHardNegativeMiner("cosine", exclude_duplicates=True)
         super().__init__(miner, "cosine")

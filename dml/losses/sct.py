@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from dml.losses.nca import NCATripletLoss
-from dml.miners.base import TripletMiner
+from dml.miners.base import TripletMiner, check_range
 
 
 class SCTLoss(NCATripletLoss):
@@ -16,10 +16,11 @@ class SCTLoss(NCATripletLoss):
         ℓ(a, p, n) = λ · S_an                         if the triplet is hard,
                      softplus((S_an - S_ap) / τ)      otherwise (the NCA term),
 
-    a triplet being hard when S_an > S_ap, or also when S_an > ``hard_threshold`` (default 0.8,
-    as in the authors' released code; ``None`` gives the paper's pure rule). One mean over all
-    valid triplets (-1 < S < 1 for S_ap and S_an, see :class:`NCATripletLoss`). Default miner:
-    EPHN (closest positive, closest negative) in cosine without near-duplicate positives.
+    with ``λ = lam >= 0`` and ``τ > 0``, a triplet being hard when S_an > S_ap, or also when
+    S_an > ``hard_threshold`` in [-1, 1] (default 0.8, as in the authors' released code; ``None``
+    gives the paper's pure rule). One mean over all valid triplets (-1 < S < 1 for S_ap and
+    S_an, see :class:`NCATripletLoss`). Default miner: EPHN (closest positive, closest negative)
+    in cosine without near-duplicate positives.
     """
 
     def __init__(
@@ -29,6 +30,8 @@ class SCTLoss(NCATripletLoss):
         hard_threshold: float | None = 0.8,
         miner: TripletMiner | None = None,
     ) -> None:
+        check_range("loss.lam", lam, 0)
+        check_range("loss.hard_threshold", hard_threshold, -1, 1, nullable=True)
         super().__init__(temperature, miner)
         self.lam = lam
         self.hard_threshold = hard_threshold

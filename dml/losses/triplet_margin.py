@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.distances import Distance
-from dml.losses.base import Reduction, TripletLoss, reduce_terms
-from dml.miners.base import TripletMiner
+from dml.losses.base import Reduction, TripletLoss, check_reduction, reduce_terms
+from dml.miners.base import TripletMiner, check_range
 from dml.miners.triplet import BatchHardMiner
 
 
@@ -17,9 +17,10 @@ class MarginTripletLoss(TripletLoss):
         ℓ(a, p, n) = max(0, d_ap - d_an + margin)
 
     written with the closeness ``c`` of ``distance`` as ``max(0, c_an - c_ap + margin)``, so it
-    also holds for similarities (``S_an - S_ap + margin``). Reduction over the mined triplets:
-    ``"mean"`` or ``"mean_nonzero"`` (sum over the number of violating triplets). Default miner:
-    batch-hard with the same distance (Hermans et al. 2017, "In defense of the triplet loss").
+    also holds for similarities (``S_an - S_ap + margin``), ``margin >= 0``. Reduction over the
+    mined triplets: ``"mean"`` or ``"mean_nonzero"`` (sum over the number of violating triplets).
+    Default miner: batch-hard with the same distance (Hermans et al. 2017, "In defense of the
+    triplet loss").
     """
 
     def __init__(
@@ -29,6 +30,8 @@ class MarginTripletLoss(TripletLoss):
         distance: str | Distance = "euclidean",
         reduction: Reduction = "mean",
     ) -> None:
+        check_range("loss.margin", margin, 0)
+        check_reduction(reduction)
         super().__init__(miner if miner is not None else BatchHardMiner(distance), distance)
         self.margin = margin
         self.reduction = reduction

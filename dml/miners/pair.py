@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from dml.distances import Distance
-from dml.miners.base import PairMiner, Pairs, label_masks
+from dml.miners.base import PairMiner, Pairs, check_range, label_masks
 
 
 class AllPairsMiner(PairMiner):
@@ -23,10 +23,12 @@ class MultiSimilarityMiner(PairMiner):
         keep negative (i, j)  iff  c_ij + epsilon > min_{k in P_i} c_ik
         keep positive (i, j)  iff  c_ij - epsilon < max_{k in N_i} c_ik
 
-    An anchor without positives keeps no negative and vice versa.
+    An anchor without positives keeps no negative and vice versa. ``epsilon >= 0`` (0: keep
+    only the pairs that violate the hardest pair of the other kind).
     """
 
     def __init__(self, epsilon: float = 0.1, distance: str | Distance = "cosine") -> None:
+        check_range("loss.miner.epsilon", epsilon, 0)
         super().__init__(distance)
         self.epsilon = epsilon
 

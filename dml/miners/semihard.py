@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from dml.distances import Distance
-from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
+from dml.miners.base import TripletMiner, Triplets, check_range, label_masks, masked_argmax
 
 
 class FaceNetSemiHardMiner(TripletMiner):
@@ -14,11 +14,13 @@ class FaceNetSemiHardMiner(TripletMiner):
         n* = argmax_n c(a, n)  subject to  c(a, p) - margin < c(a, n) < c(a, p),
 
     with ``c`` the closeness of ``distance`` (for a distance: d_ap < d_an < d_ap + margin).
-    ``margin = None`` drops the band (any negative farther than the positive). Pairs without
-    such a negative yield no triplet; ties go to the lowest index. Memory O(P·B) for P pairs.
+    ``margin = None`` drops the band (any negative farther than the positive); a margin must be
+    > 0 (the band is empty at 0). Pairs without such a negative yield no triplet; ties go to the
+    lowest index. Memory O(P·B) for P pairs.
     """
 
     def __init__(self, margin: float | None = 0.2, distance: str | Distance = "cosine") -> None:
+        check_range("loss.miner.margin", margin, 0, strict=True, nullable=True)
         super().__init__(distance)
         self.margin = margin
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dml.distances import Distance
-from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
+from dml.miners.base import TripletMiner, Triplets, check_choice, label_masks, masked_argmax
 
 PositiveRule = Literal["hardest", "easiest", "random"]
 NegativeRule = Literal["hardest", "semihard", "random"]
@@ -50,11 +50,9 @@ class PerAnchorTripletMiner(TripletMiner):
         distance: str | Distance = "cosine",
         exclude_duplicates: bool = False,
     ) -> None:
+        check_choice("loss.miner.positive", positive, get_args(PositiveRule))
+        check_choice("loss.miner.negative", negative, get_args(NegativeRule))
         super().__init__(distance)
-        if positive not in get_args(PositiveRule):
-            raise ValueError(f"positive rule {positive!r} not in {get_args(PositiveRule)}")
-        if negative not in get_args(NegativeRule):
-            raise ValueError(f"negative rule {negative!r} not in {get_args(NegativeRule)}")
         self.positive = positive
         self.negative = negative
         self.exclude_duplicates = exclude_duplicates
