@@ -1,24 +1,83 @@
-"""Checkpoints written atomically: a crash mid-write never leaves a truncated ``last.ckpt``."""
+"""Checkpoints written atomically and read safely.
+
+Writing: a crash mid-write never leaves a truncated ``last.ckpt`` (temporary file, then rename).
+Reading: ``torch.load(weights_only=True)`` only, so a checkpoint cannot run code when it is
+opened; a file that is not a checkpoint, or is truncated, is one :class:`CheckpointError` that
+names it. Training never writes a checkpoint with a non-finite tensor (:func:`first_non_finite`).
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dml.errors import CheckpointError
+from dml.files import write_atomic
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to a temporary file in the same folder, then renames it over the target."""
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded on the CPU with ``weights_only=True``: it can hold
+    only tensors and plain containers, never code to run. Any failure is one CheckpointError."""
+    if os.path.isdir(path):
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint: pass a .ckpt file, "
+            "e.g. <run_dir>/checkpoints/best.ckpt"
+        )
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            needs = re.search(r"GLOBAL (\S+)", str(e))
+            what = f"it needs {needs.group(1)}" if needs else "it holds more than tensors"
+            raise CheckpointError(
+                f"{path} is not a safe dml checkpoint: {what} and could run arbitrary code, so it "
+                "was not loaded (dml-train checkpoints hold only tensors and plain data)"
+            ) from e
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint (torch.load failed: {type(e).__name__}): "
+            "pass a complete .ckpt written by dml-train"
+        ) from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{path} is not a dml checkpoint (no state_dict): pass a .ckpt written by dml-train"
+        )
+    return ckpt
+
+
+def first_non_finite(named: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinite entry, else None (one
+    device synchronisation, however many tensors)."""
+    tensors = [(n, t) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+    if bool(finite.all()):
+        return None
+    return tensors[int((~finite).nonzero()[0, 0])][0]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, saving atomically and loading with :func:`load_checkpoint_file`
+    (resume, and the validation / test of the selected checkpoint)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(
+            Path(path),
+            lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp, storage_options),
+        )
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint_file(path)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from dml.checkpointing import first_non_finite, load_checkpoint_file
 from dml.errors import CheckpointError
 from dml.models import EmbeddingNet
 
@@ -20,56 +18,23 @@ from dml.models import EmbeddingNet
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
     """The checkpoint dict and the resolved run config saved in it.
 
-    Loads with ``weights_only=True``: a checkpoint can hold only tensors and plain containers,
-    never code to run (a dml-train checkpoint needs nothing more). Raises :class:`CheckpointError`
-    for a missing, truncated, foreign or unsafe file, and for NaN or inf weights.
+    Loads with ``weights_only=True`` (:func:`dml.checkpointing.load_checkpoint_file`). Raises
+    :class:`CheckpointError` for a missing, truncated, foreign or unsafe file, and for NaN or inf
+    weights.
     """
-    if os.path.isdir(path):
-        raise CheckpointError(
-            f"{path} is a directory, not a checkpoint: pass a .ckpt file, "
-            "e.g. <run_dir>/checkpoints/best.ckpt"
-        )
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict) or not ckpt.get("dml_config"):
+    ckpt = load_checkpoint_file(path)
+    if not ckpt.get("dml_config"):
         raise CheckpointError(
             f"{path} is not a dml checkpoint (no dml config in it): pass a .ckpt written by "
             "dml-train"
         )
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} has no state_dict: pass a .ckpt written by dml-train")
-    _check_finite(path, state)
-    return ckpt, OmegaConf.create(ckpt["dml_config"])
-
-
-def _torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True``; any failure becomes one CheckpointError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
-            needs = re.search(r"GLOBAL (\S+)", str(e))
-            what = f"it needs {needs.group(1)}" if needs else "it holds more than tensors"
-            raise CheckpointError(
-                f"{path} is not a safe dml checkpoint: {what} and could run arbitrary code, so it "
-                "was not loaded (dml-train checkpoints hold only tensors and plain data)"
-            ) from e
+    name = first_non_finite(ckpt["state_dict"].items())
+    if name is not None:
         raise CheckpointError(
-            f"{path} is truncated or not a checkpoint (torch.load failed: {type(e).__name__}): "
-            "pass a complete .ckpt written by dml-train"
-        ) from e
-
-
-def _check_finite(path: str | os.PathLike, state: dict) -> None:
-    """Refuse a state_dict with a NaN or inf in any tensor (parameter or buffer)."""
-    for name, value in state.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
-            raise CheckpointError(
-                f"{path}: tensor {name} has NaN or inf values (the run diverged or the file is "
-                "corrupted): use an earlier checkpoint"
-            )
+            f"{path}: tensor {name} has NaN or inf values (the run diverged or the file is "
+            "corrupted): use an earlier checkpoint"
+        )
+    return ckpt, OmegaConf.create(ckpt["dml_config"])
 
 
 def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:

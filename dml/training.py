@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from dml.checkpointing import AtomicCheckpointIO
+from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
+from dml.errors import ConfigError, RunDirError
+from dml.files import write_text_atomic
+from dml.losses.base import DMLLoss
+from dml.losses.pml import PMLLoss
 from dml.models import DMLModule
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+from dml.run_dir import claim, write_records
 
 
 def build_module(cfg: DictConfig) -> DMLModule:
     """The LightningModule of a config (backbone, loss, optimizer and scheduler factories)."""
+    optimizer = instantiate(cfg.optimizer)
+    try:  # an impossible optimizer setting fails here, not after the first epoch
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"optimizer: {e} (check the optimizer.* values)") from None
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return DMLModule(
         net=instantiate(cfg.model),
         loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         scheduler=scheduler,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -37,17 +43,70 @@ def build_module(cfg: DictConfig) -> DMLModule:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, pick the best validation checkpoint, test it; returns what metrics.json holds."""
-    start = time.time()
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int) -> None:
+    """A loss that mines tuples from the batch needs positives (K >= 2 images of a class) and
+    negatives (P >= 2 classes); otherwise every batch has no tuple and nothing trains. (The PML
+    bridge is not checked: a proxy loss trains on any batch.)"""
+    mines_tuples = isinstance(loss, DMLLoss) and not isinstance(loss, PMLLoss)
+    if mines_tuples and (batch_k < 2 or batch_p < 2):
+        raise ConfigError(
+            f"data.batch_p={batch_p} classes × data.batch_k={batch_k} images per batch form "
+            f"no {type(loss).__name__} tuple (a positive needs K >= 2, a negative P >= 2)"
+        )
 
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from (``ckpt_path``; ``last``: the run's own ``last.ckpt``),
+    checked before anything is written. A run killed before its first checkpoint restarts from
+    the beginning."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if ckpt_path == "last" and not path.exists():
+        warnings.warn(
+            f"{path} not found: the run stopped before its first epoch ended; training it from "
+            "the start",
+            stacklevel=2,
+        )
+        return None
+    ckpt = load_checkpoint_file(path)
+    done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    done = done.get("current", {}).get("processed", ckpt.get("epoch", -1) + 1)
+    max_epochs = cfg.trainer.get("max_epochs")
+    finished = (run_dir / "metrics.json").exists()
+    if max_epochs not in (None, -1) and (done > max_epochs or (done == max_epochs and finished)):
+        raise RunDirError(
+            f"{path} has trained {done} epochs and trainer.max_epochs={max_epochs}: nothing to "
+            f"resume (pass trainer.max_epochs > {done} to train it longer)"
+        )
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, pick the best validation checkpoint, test it; returns what metrics.json holds.
+
+    The run directory is claimed first (:func:`dml.run_dir.claim`): a second run cannot write
+    into it, and nothing is written there before the data, model, loss and resume checkpoint
+    have passed their checks."""
+    run_dir = Path(cfg.run_dir)
+    primary = rank_zero_only.rank == 0  # DDP workers started by Lightning write no records
+    resume = cfg.get("ckpt_path") is not None
+    with claim(run_dir, resume) if primary else contextlib.nullcontext():
+        return _run(cfg, run_dir, primary)
+
+
+def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     module = build_module(cfg)
+    check_batches_form_tuples(module.loss, datamodule.batch_p, datamodule.batch_k)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+    if primary:
+        write_records(run_dir, cfg)
+
     callbacks = {k: instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if c}
     has_val = "val" in datamodule.datasets
     if not has_val and callbacks.pop("best_checkpoint", None) is not None:
@@ -60,11 +119,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         callbacks=list(callbacks.values()),
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[SafeCheckpointIO()],
     )
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     chosen = callbacks.get("best_checkpoint") or callbacks.get("last_checkpoint")
@@ -79,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     result["epochs"] = trainer.current_epoch
     result["wall_time_s"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
-        write_json_atomic(run_dir / "metrics.json", result)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         print(
             f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.json'}\n"
             f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.cli.errors import exit_on_user_error
 from dml.cli.train import CONFIG_DIR
-from dml.errors import ConfigError, DatasetError
+from dml.errors import ConfigError
 
 #: Config groups dml-eval cannot switch, and why.
 FIXED_GROUPS = {
@@ -79,16 +79,6 @@ def _check_group_option(group: str, name: str) -> str:
     return name
 
 
-def check_split(splits: list[str], split: str) -> None:
-    """A DatasetError unless the dataset has ``split`` (``query``/``gallery``: both of them)."""
-    needed = ("query", "gallery") if split in ("query", "gallery") else (split,)
-    if not set(needed) <= set(splits):
-        raise DatasetError(
-            f"no '{split}' split in this dataset; available: {', '.join(sorted(splits))} "
-            "(pass one with --split)"
-        )
-
-
 def check_output(path: Path) -> None:
     """Create the parent folders of ``--output`` and check it can be written, before the long
     evaluation; a file created for the check is removed again."""
@@ -114,7 +104,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
     cfg = apply_overrides(cfg, args.overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
-    check_split(list(datamodule.datasets), args.split)
     module = build_module(cfg)
     module.net = net_from_checkpoint(ckpt, cfg)
     trainer = L.Trainer(

@@ -9,7 +9,9 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The package's configs: in a checkout dml/conf links to the top-level conf/; a wheel holds a copy.
+# `--config-dir DIR` adds a user's own config folder (new groups, or files that override ours).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -22,8 +24,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return result.get("val", {}).get("recall@1")
 
 
+def override_key(override: str) -> str:
+    """The config key an override sets: ``+a.b=1`` → ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def resume_argv(argv: list[str]) -> list[str]:
-    """``resume=<run_dir>`` → that run's own overrides + its directory + ``ckpt_path=last``."""
+    """``resume=<run_dir>`` → that run's own overrides (those not given again) + the new ones +
+    its directory + ``ckpt_path=last``."""
     rest = [a for a in argv if not a.startswith("resume=")]
     if len(rest) == len(argv):
         return argv
@@ -31,10 +39,9 @@ def resume_argv(argv: list[str]) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         sys.exit(f"dml-train: cannot resume: {overrides_file} not found (is {run_dir} a run dir?)")
+    given = {override_key(o) for o in rest} | {"ckpt_path"}
     saved = [
-        o
-        for o in yaml.safe_load(overrides_file.read_text()) or []
-        if not o.startswith("ckpt_path=")
+        o for o in yaml.safe_load(overrides_file.read_text()) or [] if override_key(o) not in given
     ]
     return [*saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from dml.errors import DatasetError
-
-try:
-    import fcntl
-except ImportError:  # Windows: extraction runs without an inter-process lock
-    fcntl = None
+from dml.files import locked, temporary_sibling
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -60,9 +54,9 @@ def extract_once(archive: Path, dest: Path) -> Path:
     if is_extracted(dest, stamp):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(dest.with_name(f".{dest.name}.lock")):
+    with locked(dest.with_name(f".{dest.name}.lock")):
         if not is_extracted(dest, stamp):  # another process may have finished meanwhile
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            tmp = temporary_sibling(dest)
             try:
                 unzip(archive, tmp)
                 (tmp / ".extracted").write_text(stamp)
@@ -91,15 +85,3 @@ def unzip(archive: Path, dest: Path) -> None:
         raise DatasetError(
             f"cannot unpack {archive}: {e} (the archive is corrupt; replace it)"
         ) from None
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive inter-process lock on the file ``path`` (created if missing) while the
-    block runs. Without :mod:`fcntl` (Windows) there is no lock."""
-    if fcntl is None:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
-        yield

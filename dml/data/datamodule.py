@@ -163,8 +163,10 @@ class DMLDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> list[DataLoader]:
         """Loaders to evaluate ``split`` (``val``, ``test``, or ``query`` → query + gallery)."""
-        if split in ("query", "gallery"):
-            return self._eval_loaders(("query", "gallery"))
-        if split not in self.datasets:
-            raise DatasetError(f"no '{split}' split; available: {sorted(self.datasets)}")
-        return self._eval_loaders((split,))
+        needed = ("query", "gallery") if split in ("query", "gallery") else (split,)
+        if not set(needed) <= set(self.datasets):
+            raise DatasetError(
+                f"no '{split}' split in this dataset; available: {', '.join(sorted(self.datasets))}"
+                " (pass one with --split)"
+            )
+        return self._eval_loaders(needed)

@@ -31,6 +31,14 @@ from torch import Tensor
 from dml.eval.knn import ArrayLike, Backend, as_embeddings, as_labels, iter_knn
 
 
+def positive_ks(ks: Sequence[int]) -> list[int]:
+    """``ks`` as a list of ints, or a ValueError unless it is a non-empty list of positive ints."""
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, Integral) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    return [int(k) for k in ks]
+
+
 def retrieval_metrics(
     query: ArrayLike,
     query_labels: ArrayLike,
@@ -58,10 +66,7 @@ def retrieval_metrics(
     """
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
-    ks = list(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, Integral) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
-    ks = [int(k) for k in ks]
+    ks = positive_ks(ks)
     leave_one_out = gallery is None
     query = F.normalize(as_embeddings(query, "query"), dim=1)
     q_labels = as_labels(query_labels, query.shape[0], "query_labels", query.device)

@@ -11,14 +11,16 @@ import lightning as L
 import torch
 from torch import nn
 
+from dml.checkpointing import first_non_finite
 from dml.distributed import (
     broadcast_object,
     gather_batch,
     gather_in_dataset_order,
     rank_and_world_size,
 )
-from dml.errors import DivergenceError
+from dml.errors import ConfigError, DivergenceError
 from dml.eval import nmi, retrieval_metrics
+from dml.eval.retrieval import positive_ks
 from dml.models.backbone import EmbeddingNet
 
 
@@ -60,7 +62,14 @@ class DMLModule(L.LightningModule):
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.head_lr = scheduler_interval, head_lr
-        self.eval_ks, self.compute_nmi, self.seed = tuple(eval_ks), nmi, seed
+        try:
+            self.eval_ks = tuple(positive_ks(eval_ks))
+        except ValueError:
+            raise ConfigError(
+                f"module.eval_ks must be a list of positive integers (the K of Recall@K), "
+                f"got {list(eval_ks)}"
+            ) from None
+        self.compute_nmi, self.seed = nmi, seed
         self.cross_rank_mining = cross_rank_mining
         self.config = config
         self.eval_metrics: dict[str, dict[str, float]] = {}
@@ -78,16 +87,39 @@ class DMLModule(L.LightningModule):
         if self.cross_rank_mining:
             embeddings, y = gather_batch(embeddings, y)
         loss = self.loss(embeddings, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
-                f"(global step {self.global_step}); lower the learning rate, enable "
-                "trainer.gradient_clip_val, or check the inputs. Last good checkpoint is kept."
-            )
+        if self._diverged(not torch.isfinite(loss)):
+            raise NonFiniteLossError(self._divergence(f"the loss is {loss.item()}", batch_idx))
+        if self._diverged(bool(first_non_finite([("embeddings", embeddings.detach())]))):
+            raise DivergenceError(self._divergence("an embedding is not finite", batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         stats = getattr(self.loss, "stats", None) or {}
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(y))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimizer step: stop before a non-finite weight or buffer (e.g. a BatchNorm
+        running variance) can reach a checkpoint or the next validation."""
+        name = first_non_finite(self._weights())
+        if self._diverged(name is not None):
+            what = f"{name} is not finite" if name else "a weight on another rank is not finite"
+            raise DivergenceError(self._divergence(what, batch_idx, after_step=True))
+
+    def _weights(self) -> list[tuple[str, torch.Tensor]]:
+        return [*self.named_parameters(), *self.named_buffers()]
+
+    def _diverged(self, here: bool) -> bool:
+        """True on every rank if it is true on any (so that all ranks stop together)."""
+        if self._trainer is None:  # a bare module (tests, notebooks): a single process
+            return bool(here)
+        return self.trainer.strategy.reduce_boolean_decision(bool(here), all=False)
+
+    def _divergence(self, what: str, batch_idx: int, after_step: bool = False) -> str:
+        when = "after training on" if after_step else "at"
+        return (
+            f"training diverged: {what} {when} epoch {self.current_epoch}, batch {batch_idx} "
+            f"(global step {self.global_step}); lower optimizer.lr, set "
+            "trainer.gradient_clip_val, or check the inputs. Checkpoints on disk predate it."
+        )
 
     def configure_optimizers(self) -> Any:
         backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
@@ -115,7 +147,13 @@ class DMLModule(L.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------
     def _collect(self, batch: Sequence[torch.Tensor], dataloader_idx: int) -> None:
         x, y, idx = batch
-        self._outputs[dataloader_idx].append((self.net(x).float(), y, idx))
+        embeddings = self.net(x).float()
+        if first_non_finite([("embeddings", embeddings)]):
+            raise DivergenceError(
+                f"the model gives non-finite embeddings on the evaluation images (batch of images "
+                f"{int(idx[0])}..{int(idx[-1])}): its weights or inputs are broken"
+            )
+        self._outputs[dataloader_idx].append((embeddings, y, idx))
 
     def _evaluate(self, prefix: str, with_nmi: bool) -> dict[str, float]:
         parts = [self._gather(self._outputs[i]) for i in sorted(self._outputs)]
@@ -170,4 +208,11 @@ class DMLModule(L.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        name = first_non_finite(checkpoint["state_dict"].items())
+        if name is not None:  # never written, so never selected or resumed from
+            raise DivergenceError(
+                f"training diverged: {name} is not finite at epoch {self.current_epoch}; the "
+                "checkpoint was not saved. Lower optimizer.lr or set trainer.gradient_clip_val"
+            )
         checkpoint["dml_config"] = self.config
+

@@ -1,0 +1,81 @@
+"""A run directory belongs to one run.
+
+:func:`claim` takes ``run_dir`` for this process under an exclusive lock (``.dml.lock``) held for
+the whole run, and refuses when
+
+* another live process holds it (two jobs given the same ``hydra.run.dir``), or
+* it already holds a run's records and this run does not resume it.
+
+So a run's ``config.yaml``, ``.hydra/``, checkpoints and ``metrics.json`` are only ever written by
+that run (or by a resumption of it) and only after these checks: a failed or refused start
+rewrites nothing. Temporary files of a writer that was killed mid-write are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dml.errors import RunDirError
+from dml.files import locked, write_text_atomic
+
+LOCK_FILE = ".dml.lock"
+RECORDS = ("config.yaml", "metrics.json", "checkpoints")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True if a run has written its records in ``run_dir``."""
+    return any((run_dir / name).exists() for name in RECORDS)
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold ``run_dir`` for this run (see the module docstring); the lock is released on exit."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(run_dir / LOCK_FILE, wait=False) as lock:
+            if not resume and holds_run(run_dir):
+                raise RunDirError(
+                    f"{run_dir} already holds a run: resume it with `dml-train resume={run_dir}`, "
+                    "or train into a new directory (hydra.run.dir=...)"
+                )
+            if lock is not None:
+                lock.seek(0)
+                lock.truncate()
+                lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                lock.flush()
+            for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+                stale.unlink(missing_ok=True)  # a writer killed mid-write; we hold the dir now
+            yield
+    except BlockingIOError:
+        owner = (run_dir / LOCK_FILE).read_text().strip() or "another process"
+        raise RunDirError(
+            f"{run_dir} is in use by another run ({owner}): give this run its own directory "
+            "(hydra.run.dir=...)"
+        ) from None
+
+
+def write_records(run_dir: Path, cfg: DictConfig) -> None:
+    """``config.yaml`` (resolved) and, under Hydra, ``.hydra/{config,hydra,overrides}.yaml``:
+    Hydra's own record, written here (``hydra.output_subdir: null``) so that only the owner of
+    ``run_dir`` writes it, and only once the run has passed its checks."""
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    record = run_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    task_overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("ckpt_path=")]
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+        ("overrides.yaml", OmegaConf.create(task_overrides)),
+    ):
+        write_text_atomic(record / name, OmegaConf.to_yaml(node))
