@@ -228,6 +228,23 @@ def test_gradcheck_generic(dim: int) -> None:
     assert check(lambda *x: min_arc_distance(*x, endpoints_only=True), inputs, fast_mode=fast)
 
 
+def test_coincident_endpoints_are_exactly_zero_apart() -> None:
+    """Bitwise-equal endpoints of the two arcs: the endpoint cosine ``(1 + 1 - |a - c|^2) / 2``
+    is exactly 1 (a dot product ``<a, c>`` of the normalised vectors is ``1 - 2^-52`` for about a
+    third of them, a distance of 1.5e-8 with a gradient ~1e8 times rounding), so the distance is
+    ``sqrt(tiny)`` (the floor of ``sqrt(max(2 - 2 cos, tiny))``) and its gradient exactly 0."""
+    gen = torch.Generator().manual_seed(7)
+    floor = math.sqrt(torch.finfo(DTYPE).tiny)
+    for _ in range(50):
+        x, y, z = (3 * torch.randn(5, generator=gen, dtype=DTYPE) for _ in range(3))
+        for case in ((x, x, x, x), (x, y, x, z), (y, x, z, x), (x, y, z, x)):
+            leaves = [v.clone().requires_grad_(True) for v in case]
+            distance = min_arc_distance(*leaves).distance
+            distance.backward()
+            assert distance.item() == floor
+            assert not any(leaf.grad.any() for leaf in leaves)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gradients_finite_on_degenerate_cases(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(6)

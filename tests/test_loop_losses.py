@@ -195,8 +195,31 @@ def test_loss_matches_loop_reference(name: str, kind: str) -> None:
     if kind in ("one_class_with_pairs", "no_pairs"):
         assert value(ours) == 0 and not ours_x.grad.any()
     if kind == "identical":
-        # every distance is 0: a zero (sub)gradient up to rounding, never NaN
-        assert ours_x.grad.abs().max() < 1e-12
+        assert_exact_zero_gradient(ours_x.grad)
+
+
+def assert_exact_zero_gradient(grad: Tensor) -> None:
+    """For a batch of bitwise-identical embeddings, exactly 0 on any CPU, BLAS and thread
+    count, not "up to rounding": the rows normalise to bitwise-identical unit vectors (the same
+    elementwise operations on the same values) whose squared distances are summed from their
+    differences (EuclideanDistance: without BLAS for small problems, recomputed from
+    differences where its Gram formula cancels), hence exactly 0. So every cosine is exactly
+    ``(1 + 1 - 0) / 2 = 1``, every arc is degenerate (no tangent terms) and every distance
+    ``sqrt(max(2 - 2 cos, tiny))`` or ``sqrt(max(d^2, tiny))`` has gradient 0 by convention.
+    (A BLAS Gram matrix ``x x^T`` rounds some of those cosines to ``1 - 2^-52``: a distance
+    of 1.5e-8 whose gradient, 1e8 times rounding, was 2.3e-10 with MKL.)"""
+    assert torch.isfinite(grad).all() and not grad.any(), float(grad.abs().max())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_identical_embeddings_in_a_large_batch(name: str) -> None:
+    """As the ``identical`` batch, at a size where the squared distances use the Gram formula
+    (a BLAS product: 32 x 32 x 128 > 2^16 products) and the cancelled entries are recomputed."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 128, generator=gen, dtype=DTYPE).expand(32, 128).clone()
+    x.requires_grad_(True)
+    CASES[name][0]()(x, torch.arange(8).repeat_interleave(4)).backward()
+    assert_exact_zero_gradient(x.grad)
 
 
 def test_the_references_see_the_arcs() -> None:

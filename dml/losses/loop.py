@@ -31,7 +31,12 @@ pass through the (possibly ill-conditioned) optimal angles.
 In a batch (:func:`loop_cosines`), every inner product above is a linear combination of
 entries of the ``[B, B]`` Gram matrix (float64), so the pairs of positive pairs of different
 classes cost the same whatever the embedding dimension; the candidate search runs in float32
-for float32 embeddings. The losses (:class:`LoOpTripletLoss`, :class:`LoOpContrastiveLoss`,
+for float32 embeddings. Endpoint cosines, in a batch and in :func:`min_arc_distance`, are
+formed from squared differences, ``<x, y> = 1 - |x - y|^2 / 2``, and the distances of positive
+pairs are the differences' norms: identical embeddings are at distance 0 (up to the 1e-154
+floor of :func:`_safe_sqrt`) with gradient exactly 0, whatever the BLAS (``sqrt(2 - 2 cos)``
+of a dot product rounded to ``1 - 2^-52`` gives 1.5e-8 and a gradient of rounding times 1e8).
+The losses (:class:`LoOpTripletLoss`, :class:`LoOpContrastiveLoss`,
 :class:`LoOpMultiSimilarityLoss`, :class:`LoOpLiftedStructureLoss`) state their formulas.
 
 Decisions where the paper is silent:
@@ -58,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml.distances import EuclideanDistance
 from dml.losses.base import DMLLoss, Reduction, check_reduction, mean_or_nan, reduce_terms
 from dml.losses.multisimilarity import check_ms_parameters, log1p_sum_exp
 from dml.miners.base import check_range, label_masks
@@ -244,8 +250,53 @@ def _candidate_directions(d: _ArcDots) -> tuple[Tensor, Tensor]:
 
 
 def _chord(cos: Tensor) -> Tensor:
-    """Euclidean distance ``sqrt(2 - 2 cos)`` between unit vectors with inner product ``cos``."""
+    """Euclidean distance ``sqrt(2 - 2 cos)`` between unit vectors with inner product ``cos``.
+
+    Near ``cos = 1`` this cancels: an error ``delta`` in ``cos`` becomes ``sqrt(2 delta)`` in the
+    distance (1.5e-8 for one ulp below 1 in float64), and the gradient ``1 / distance`` scales
+    rounding by 1e8. Hence endpoint cosines are formed from differences (:func:`_polarised`:
+    exactly 1 for identical embeddings) and positive pair distances are norms of differences."""
     return _safe_sqrt(2.0 - 2.0 * cos)
+
+
+class _Unit(torch.autograd.Function):
+    """``(x / s, n)`` along the last axis, ``s = max(|x|, 1e-12)`` (as ``F.normalize``), with
+    ``n = (|x| / s)^2`` the squared norm of ``x / s`` taken exactly: 1 (not the rounded sum of
+    squares) unless ``|x| < 1e-12`` (0 for a zero vector); ``n`` has no gradient. The gradient
+    of ``u = x / |x|``, ``(g - u <g, u>) / |x|`` (``g / s`` where ``s`` is the constant 1e-12),
+    in one step (autograd through the formula takes twice the kernels)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> tuple[Tensor, Tensor]:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        scale = norm.clamp_min(1e-12)
+        unit = x / scale
+        n = (norm / scale).square_().squeeze(-1)  # norm / norm: exactly 1
+        ctx.save_for_backward(unit, scale, norm >= 1e-12)
+        ctx.mark_non_differentiable(n)
+        return unit, n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor, _: Tensor) -> Tensor:
+        unit, scale, radial = ctx.saved_tensors
+        along = (grad * unit).sum(-1, keepdim=True).mul_(radial)
+        return torch.addcmul(grad, unit, along, value=-1).div_(scale)
+
+
+def _unit(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x / max(|x|, 1e-12), n)``, see :class:`_Unit`."""
+    return _Unit.apply(x)
+
+
+def _polarised(squared: Tensor, n_x: Tensor, n_y: Tensor) -> Tensor:
+    """Inner products ``<x, y> = (|x|^2 + |y|^2 - |x - y|^2) / 2`` from squared norms ``n`` and
+    squared distances. For unit vectors (``n = 1`` exactly, :func:`_unit`) an absolute error
+    ``delta`` of ``|x - y|^2`` gives at most ``delta / 2 + u`` in the cosine (``u`` the unit
+    roundoff): ``2 gamma_{k+3} + u`` in dimension ``k`` when ``|x - y|^2 <= 4`` is summed from
+    the differences (relative error ``gamma_{k+3}``, ``gamma_n = n u / (1 - n u)``), the order
+    of a dot product's ``gamma_k``; and the cosine of ``x = y`` is exactly 1."""
+    return (n_x + n_y - squared) / 2
 
 
 def _point(kind: Tensor, direction: Tensor, x: Tensor, y: Tensor, tangent: Tensor) -> Tensor:
@@ -267,13 +318,19 @@ def min_arc_distance(
     inputs. ``endpoints_only`` is the ablation ``min(|a-c|, |a-d|, |b-c|, |b-d|)`` (no arc search).
     See the module docstring for the closed form and the handling of degenerate pairs.
     """
-    a, b, c, d = (F.normalize(x, dim=-1) for x in (a, b, c, d))
+    (a, na), (b, nb), (c, nc), (d, nd) = (_unit(x) for x in (a, b, c, d))
     (u, first), (v, second) = _arc(a, b), _arc(c, d)
 
-    def dots(*pairs: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.stack(torch.broadcast_tensors(*((x * y).sum(-1) for x, y in pairs)))
+    def stack(*values: Tensor) -> Tensor:
+        return torch.stack(torch.broadcast_tensors(*values))
 
-    ends, across = dots((a, c), (b, c), (a, d), (b, d)), dots((a, v), (b, v), (c, u), (d, u))
+    ends = stack(  # from differences: exactly 1 for coincident endpoints (see _chord)
+        *(
+            _polarised((x - y).square().sum(-1), nx, ny)
+            for x, nx, y, ny in ((a, na, c, nc), (b, nb, c, nc), (a, na, d, nd), (b, nb, d, nd))
+        )
+    )
+    across = stack(*((x * y).sum(-1) for x, y in ((a, v), (b, v), (c, u), (d, u))))
     targets = _Span(  # the arc each projection lands on: a, b on (c, d); c, d on (a, b)
         *(
             torch.stack(torch.broadcast_tensors(s, s, f, f))
@@ -390,7 +447,8 @@ def loop_cosines(
     classes; ``[P, P]`` in ``dtype`` (default ``gram.dtype``), symmetric, 0 (not computed)
     between pairs of the same class.
 
-    ``gram``: ``[B, B]`` inner products of L2-normalised embeddings. Everything is derived from
+    ``gram``: ``[B, B]`` inner products of L2-normalised embeddings (exactly 1 between identical
+    ones, as formed by the losses: :func:`_unit_geometry`). Everything is derived from
     it: the tangent ``u_k = (x_j - c_k x_i) / s_k`` of pair ``k = (i, j)`` (``c_k = <x_i, x_j>``,
     ``s_k = sqrt(1 - c_k^2)``) is never formed, ``<x_n, u_k>`` and ``<u_k, u_l>`` are linear
     combinations of Gram entries, so the cost per pair of pairs does not depend on ``D``. Their
@@ -435,21 +493,31 @@ def loop_cosines(
 
 # ----------------------------------------------------------------------------- losses
 def _gram_dtype(embeddings: Tensor) -> torch.dtype:
-    """float64 for the Gram matrix, the arc frames (its rounding enters them divided by
-    sin(angle)) and the positive pairs (``sqrt(2 - 2 cos)`` resolves distances down to
-    ``sqrt(eps)``: 3e-4 in float32, small for the tight positive pairs of a trained model);
-    float32 on devices without float64 (MPS). The candidate search over pairs of pairs runs in
-    the embeddings' dtype promoted to at least float32; the loss is returned in their dtype."""
+    """float64 for the squared distances and the Gram matrix of the normalised embeddings and
+    for the arc frames (their rounding enters the frames divided by sin(angle), and a LoOp
+    distance ``sqrt(2 - 2 cos)`` only resolves distances down to ``sqrt(eps)``: 3e-4 in
+    float32); float32 on devices without float64 (MPS). The candidate search over pairs of
+    pairs runs in the embeddings' dtype promoted to at least float32; the loss is returned in
+    their dtype."""
     return torch.float32 if embeddings.device.type == "mps" else torch.float64
 
 
-def _normalised_gram(embeddings: Tensor) -> Tensor:
-    """Inner products of the L2-normalised embeddings, normalising the ``[B, B]`` Gram matrix
-    rather than the ``[B, D]`` embeddings (zero embeddings get inner products 0, as with an
-    epsilon of 1e-12 on the norm)."""
-    gram = embeddings @ embeddings.T
-    norm = gram.diagonal().clamp_min(1e-24).sqrt()
-    return gram / norm[:, None] / norm[None, :]
+def _unit_geometry(embeddings: Tensor) -> tuple[Tensor, Tensor]:
+    """``(gram, squared)``, ``[B, B]``: inner products and squared distances of the
+    L2-normalised embeddings ``x^_i`` (:func:`_unit`: zero embeddings get inner products 0).
+
+    ``squared[i, j] = |x^_i - x^_j|^2`` is :class:`~dml.distances.EuclideanDistance`'s (from
+    the differences where the Gram formula cancels, and for small problems without BLAS), and
+    ``gram[i, j] = (n_i + n_j - squared[i, j]) / 2`` with ``n_i = |x^_i|^2 = 1``
+    (:func:`_polarised`). Its error is that of ``squared`` halved plus ``u``: at most
+    ``2 gamma_{k+3} + u`` where ``squared`` is summed from differences, and
+    ``gamma_{k+2} (|x~_i|^2 + |x~_j|^2) + u <= 8 gamma_{k+2} + u`` where it uses the Gram
+    formula on the centred ``x~ = x^ - mu`` (``|x~| <= 2``). Identical embeddings get exactly
+    ``squared = 0`` and ``gram = 1``, whatever the BLAS (a matrix product ``x^ x^T`` rounds some
+    of them to ``1 - 2^-52``, a LoOp distance of 1.5e-8 whose gradient is rounding times 1e8)."""
+    unit, n = _unit(embeddings)
+    squared = EuclideanDistance(squared=True).pairwise(unit)
+    return _polarised(squared, n[:, None], n[None, :]), squared
 
 
 class LoOpTuples(NamedTuple):
@@ -457,6 +525,8 @@ class LoOpTuples(NamedTuple):
 
     gram: Tensor
     """``[B, B]`` inner products of the L2-normalised embeddings (float64 but on MPS)."""
+    squared: Tensor
+    """``[B, B]`` their squared distances (accurate near 0, see :func:`_unit_geometry`)."""
     labels: Tensor
     pairs: PairsOfPairs
     loop_cos: Tensor
@@ -465,6 +535,11 @@ class LoOpTuples(NamedTuple):
     def positive_cos(self) -> Tensor:
         """``[P]`` cosine ``S_k`` of each positive pair."""
         return self.gram[self.pairs.first, self.pairs.second]
+
+    def positive_distance(self) -> Tensor:
+        """``[P]`` distance ``d_k = |x^_i - x^_j|`` of each positive pair ``k = (i, j)``, from
+        the squared distances (not ``sqrt(2 - 2 S_k)``, which cancels); gradient 0 at 0."""
+        return _safe_sqrt(self.squared[self.pairs.first, self.pairs.second])
 
 
 class LoOpLoss(DMLLoss):
@@ -498,9 +573,9 @@ class LoOpLoss(DMLLoss):
             self.stats["active_fraction"] = mean_or_nan(empty)
             return embeddings.sum() * 0
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
-        gram = _normalised_gram(embeddings.to(_gram_dtype(embeddings)))
+        gram, squared = _unit_geometry(embeddings.to(_gram_dtype(embeddings)))
         loop_cos = loop_cosines(gram, pairs, self.endpoints_only, dtype)
-        tuples = LoOpTuples(gram, labels, pairs, loop_cos)
+        tuples = LoOpTuples(gram, squared, labels, pairs, loop_cos)
         return self.loop_loss(tuples).to(embeddings.dtype)
 
     @abstractmethod
@@ -542,7 +617,7 @@ class LoOpTripletLoss(LoOpLoss):
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
         positive, _ = label_masks(t.labels)
-        hardest = _chord(t.gram.masked_fill(~positive, math.inf).min(dim=1).values)
+        hardest = _safe_sqrt(t.squared.masked_fill(~positive, -math.inf).max(dim=1).values)
         d_ap = torch.maximum(hardest[t.pairs.first], hardest[t.pairs.second])
         s_an = t.loop_cos.masked_fill(~t.pairs.negative, -math.inf).max(dim=1).values
         terms = F.relu(d_ap - _chord(s_an) + self.margin)
@@ -580,7 +655,7 @@ class LoOpContrastiveLoss(LoOpLoss):
 
     def loop_loss(self, t: LoOpTuples) -> Tensor:
         s_pos = t.positive_cos()
-        pos = F.relu(_chord(s_pos) - self.pos_margin)
+        pos = F.relu(t.positive_distance() - self.pos_margin)
         neg = F.relu(self.neg_margin - _chord(t.loop_cos[t.pairs.row, t.pairs.col]))
         self.record_pair_stats(t, s_pos, torch.cat((pos, neg)) > 0)
         return reduce_terms(pos, self.reduction) + reduce_terms(neg, self.reduction)
@@ -648,6 +723,6 @@ class LoOpLiftedStructureLoss(LoOpLoss):
     def loop_loss(self, t: LoOpTuples) -> Tensor:
         s_pos = t.positive_cos()
         logits = (self.margin - _chord(t.loop_cos)).masked_fill(~t.pairs.negative, -math.inf)
-        terms = F.relu(_chord(s_pos) + torch.logsumexp(logits, dim=1))
+        terms = F.relu(t.positive_distance() + torch.logsumexp(logits, dim=1))
         self.record_pair_stats(t, s_pos, terms > 0)
         return terms.mean()
