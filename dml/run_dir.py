@@ -33,31 +33,44 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RECORDS)
 
 
+def is_launch_rank_zero() -> bool:
+    """True unless the environment names this process a non-zero rank of a distributed job
+    (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``SLURM_PROCID``): the process that owns the run
+    directory. Read before any process group exists (Lightning's DDP workers, torchrun and SLURM
+    tasks all set these)."""
+    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in names)
+
+
 @contextlib.contextmanager
 def claim(run_dir: Path, resume: bool) -> Iterator[None]:
     """Hold ``run_dir`` for this run (see the module docstring); the lock is released on exit."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with locked(run_dir / LOCK_FILE, wait=False) as lock:
-            if not resume and holds_run(run_dir):
-                raise RunDirError(
-                    f"{run_dir} already holds a run: resume it with `dml-train resume={run_dir}`, "
-                    "or train into a new directory (hydra.run.dir=...)"
-                )
-            if lock is not None:
-                lock.seek(0)
-                lock.truncate()
-                lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-                lock.flush()
-            for stale in (run_dir / "checkpoints").glob(".*.tmp"):
-                stale.unlink(missing_ok=True)  # a writer killed mid-write; we hold the dir now
-            yield
-    except BlockingIOError:
-        owner = (run_dir / LOCK_FILE).read_text().strip() or "another process"
-        raise RunDirError(
-            f"{run_dir} is in use by another run ({owner}): give this run its own directory "
-            "(hydra.run.dir=...)"
-        ) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(locked(run_dir / LOCK_FILE, wait=False))
+        except BlockingIOError:
+            owner = (run_dir / LOCK_FILE).read_text().strip() or "another process"
+            raise RunDirError(
+                f"{run_dir} is in use by another run ({owner}): give this run its own directory "
+                "(hydra.run.dir=...)"
+            ) from None
+        if resume and not holds_run(run_dir):
+            raise RunDirError(f"{run_dir} holds no run to resume: train without ckpt_path=last")
+        if not resume and holds_run(run_dir):
+            raise RunDirError(
+                f"{run_dir} already holds a run: resume it with `dml-train resume={run_dir}`, "
+                "or train into a new directory (hydra.run.dir=...)"
+            )
+        if lock is not None:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+        for folder in (run_dir, run_dir / "checkpoints"):
+            for stale in folder.glob(".*.tmp"):  # a writer killed mid-write; the dir is ours now
+                stale.unlink(missing_ok=True)
+        yield
 
 
 def write_records(run_dir: Path, cfg: DictConfig) -> None:

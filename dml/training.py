@@ -12,16 +12,15 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
-from dml.errors import ConfigError, RunDirError
+from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.pml import PMLLoss
 from dml.models import DMLModule
-from dml.run_dir import claim, write_records
+from dml.run_dir import claim, is_launch_rank_zero, write_records
 
 
 def build_module(cfg: DictConfig) -> DMLModule:
@@ -55,10 +54,20 @@ def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int)
         )
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint to resume from (``ckpt_path``; ``last``: the run's own ``last.ckpt``),
-    checked before anything is written. A run killed before its first checkpoint restarts from
-    the beginning."""
+def resumes(cfg: DictConfig, run_dir: Path) -> bool:
+    """True if ``ckpt_path`` continues the run of ``run_dir`` (``last``, or one of its own
+    checkpoints); a checkpoint from elsewhere only initialises a new run."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        return False
+    own = (run_dir / "checkpoints").resolve()
+    return ckpt_path == "last" or Path(ckpt_path).resolve().parent == own
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path, module: DMLModule) -> str | None:
+    """The checkpoint to start from (``ckpt_path``; ``last``: the run's own ``last.ckpt``),
+    checked before anything is written: it loads safely, its weights fit ``module``, and it has
+    epochs left to train. A run killed before its first checkpoint restarts from the beginning."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
@@ -71,6 +80,14 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         )
         return None
     ckpt = load_checkpoint_file(path)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise CheckpointError(
+            f"{path} does not fit this config's model or loss ({first[0].strip()}): resume with "
+            "the run's own settings"
+        ) from None
     done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
     done = done.get("current", {}).get("processed", ckpt.get("epoch", -1) + 1)
     max_epochs = cfg.trainer.get("max_epochs")
@@ -90,9 +107,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     into it, and nothing is written there before the data, model, loss and resume checkpoint
     have passed their checks."""
     run_dir = Path(cfg.run_dir)
-    primary = rank_zero_only.rank == 0  # DDP workers started by Lightning write no records
-    resume = cfg.get("ckpt_path") is not None
-    with claim(run_dir, resume) if primary else contextlib.nullcontext():
+    primary = is_launch_rank_zero()  # DDP workers read the directory, rank 0 owns it
+    with claim(run_dir, resumes(cfg, run_dir)) if primary else contextlib.nullcontext():
         return _run(cfg, run_dir, primary)
 
 
@@ -103,7 +119,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg)
     check_batches_form_tuples(module.loss, datamodule.batch_p, datamodule.batch_k)
-    ckpt_path = resume_checkpoint(cfg, run_dir)
+    ckpt_path = resume_checkpoint(cfg, run_dir, module)
     if primary:
         write_records(run_dir, cfg)
 

@@ -68,3 +68,6 @@ def test_a_users_config_dir_adds_options_to_our_groups(installed, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "margin: 0.05" in config and "MarginTripletLoss" in config
+    resumed = run_installed(installed, tmp_path, "-m", "dml.cli.train",
+                            f"resume={tmp_path / 'run'}", "trainer.max_epochs=2")  # my_triplet
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -3,8 +3,10 @@ function behind ``dml-train``) with a real Lightning ``Trainer``."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import lightning as L
@@ -207,20 +209,15 @@ def test_a_second_run_cannot_write_into_a_live_or_finished_run(tmp_path):
     assert "seed: 1" in (run / "config.yaml").read_text()
 
 
-def test_same_second_runs_get_their_own_default_directories(tmp_path):
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dml.cli.train", *TINY_CLI, "trainer.max_epochs=1",
-             f"seed={seed}"],
-            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        for seed in (1, 2)
-    ]
-    assert [p.wait(timeout=600) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    runs = sorted((tmp_path / "runs").glob("*/*"))
-    assert len(runs) == 2
-    assert {yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in runs} == {1, 2}
+def test_jobs_started_in_the_same_second_get_their_own_default_directories():
+    """The default ``hydra.run.dir`` / ``sweep.dir`` of conf/config.yaml, resolved at two times
+    within one second (as Hydra's ``now`` resolver would), differ."""
+    hydra = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["hydra"]
+    at = [datetime(2026, 12, 1, 9, 30, 15, 1000), datetime(2026, 12, 1, 9, 30, 15, 2000)]
+    for template in (hydra["run"]["dir"], hydra["sweep"]["dir"]):
+        dirs = [re.sub(r"\$\{now:([^}]*)\}", lambda m, t=t: t.strftime(m.group(1)), template)
+                for t in at]
+        assert dirs[0] != dirs[1], template
 
 
 def run_records(run_dir: Path) -> dict[Path, bytes]:
@@ -232,11 +229,29 @@ def test_a_refused_resume_rewrites_nothing(tmp_path):
     proc = run_cli(*TINY_CLI, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = run_records(tmp_path)
-    for extra in ([], ["trainer.max_epochs=1"]):
+    last = f"{tmp_path}/checkpoints/last.ckpt"
+    for extra, error in [
+        ([], f"{last} has trained 2 epochs"),
+        (["trainer.max_epochs=1"], f"{last} has trained 2 epochs"),
+        (["trainer.max_epochs=3", "model.embedding_dim=8"], f"{last} does not fit this config"),
+    ]:
         proc = run_cli(f"resume={tmp_path}", *extra, cwd=tmp_path.parent)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert last_line(proc).startswith(f"error: {tmp_path}/checkpoints/last.ckpt has trained 2")
+        assert last_line(proc).startswith(f"error: {error}")
     assert run_records(tmp_path) == records
+    # a checkpoint from elsewhere starts a new run: it may not write into a finished one
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_other.ckpt"
+    elsewhere.write_bytes(Path(last).read_bytes())
+    proc = run_cli(*TINY_CLI, f"ckpt_path={elsewhere}", f"hydra.run.dir={tmp_path}")
+    assert last_line(proc).startswith(f"error: {tmp_path} already holds a run")
+    assert run_records(tmp_path) == records
+
+
+def test_resume_of_a_directory_without_a_run_is_refused(tmp_path):
+    from dml.training import train
+
+    with pytest.raises(RunDirError, match="holds no run to resume"):
+        train(tiny_config(tmp_path, "ckpt_path=last"))
 
 
 def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path):

@@ -43,7 +43,21 @@ def resume_argv(argv: list[str]) -> list[str]:
     saved = [
         o for o in yaml.safe_load(overrides_file.read_text()) or [] if override_key(o) not in given
     ]
-    return [*saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    return [*user_config_dirs(run_dir), *saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
+def user_config_dirs(run_dir: Path) -> list[str]:
+    """``--config-dir=DIR`` of the run's own config folder, if it was given one (read from its
+    ``.hydra/hydra.yaml``), so that its configs are found again."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return []
+    runtime = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
+    return [
+        f"--config-dir={source['path']}"
+        for source in runtime.get("config_sources") or []
+        if source.get("provider") == "command-line" and source.get("schema") == "file"
+    ]
 
 
 def main() -> None:

@@ -74,6 +74,7 @@ class DMLModule(L.LightningModule):
         self.config = config
         self.eval_metrics: dict[str, dict[str, float]] = {}
         self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
+        self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's loss, embeddings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -87,39 +88,37 @@ class DMLModule(L.LightningModule):
         if self.cross_rank_mining:
             embeddings, y = gather_batch(embeddings, y)
         loss = self.loss(embeddings, y)
-        if self._diverged(not torch.isfinite(loss)):
-            raise NonFiniteLossError(self._divergence(f"the loss is {loss.item()}", batch_idx))
-        if self._diverged(bool(first_non_finite([("embeddings", embeddings.detach())]))):
-            raise DivergenceError(self._divergence("an embedding is not finite", batch_idx))
+        self._step = (loss.detach(), embeddings.detach())  # checked after the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         stats = getattr(self.loss, "stats", None) or {}
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(y))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """After the optimizer step: stop before a non-finite weight or buffer (e.g. a BatchNorm
-        running variance) can reach a checkpoint or the next validation."""
-        name = first_non_finite(self._weights())
-        if self._diverged(name is not None):
-            what = f"{name} is not finite" if name else "a weight on another rank is not finite"
-            raise DivergenceError(self._divergence(what, batch_idx, after_step=True))
-
-    def _weights(self) -> list[tuple[str, torch.Tensor]]:
-        return [*self.named_parameters(), *self.named_buffers()]
+        """After the optimizer step, one check (one device synchronisation, one collective under
+        DDP) of the step's loss and embeddings and of every weight and buffer: training stops
+        before a non-finite value (e.g. a BatchNorm running variance, which the loss does not
+        see) reaches a checkpoint or the next validation."""
+        loss, embeddings = self._step
+        named = [("loss", loss), ("embeddings", embeddings)]
+        name = first_non_finite([*named, *self.named_parameters(), *self.named_buffers()])
+        if not self._diverged(name is not None):
+            return
+        where = (
+            f"epoch {self.current_epoch}, batch {batch_idx} (global step {self.global_step}); "
+            "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs. Checkpoints "
+            "on disk predate it."
+        )
+        if name == "loss":
+            raise NonFiniteLossError(f"training diverged: the loss is {loss.item()} at {where}")
+        what = {"embeddings": "an embedding", None: "a weight on another rank"}.get(name, name)
+        raise DivergenceError(f"training diverged: {what} is not finite after {where}")
 
     def _diverged(self, here: bool) -> bool:
         """True on every rank if it is true on any (so that all ranks stop together)."""
         if self._trainer is None:  # a bare module (tests, notebooks): a single process
             return bool(here)
         return self.trainer.strategy.reduce_boolean_decision(bool(here), all=False)
-
-    def _divergence(self, what: str, batch_idx: int, after_step: bool = False) -> str:
-        when = "after training on" if after_step else "at"
-        return (
-            f"training diverged: {what} {when} epoch {self.current_epoch}, batch {batch_idx} "
-            f"(global step {self.global_step}); lower optimizer.lr, set "
-            "trainer.gradient_clip_val, or check the inputs. Checkpoints on disk predate it."
-        )
 
     def configure_optimizers(self) -> Any:
         backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
@@ -147,15 +146,16 @@ class DMLModule(L.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------
     def _collect(self, batch: Sequence[torch.Tensor], dataloader_idx: int) -> None:
         x, y, idx = batch
-        embeddings = self.net(x).float()
-        if first_non_finite([("embeddings", embeddings)]):
-            raise DivergenceError(
-                f"the model gives non-finite embeddings on the evaluation images (batch of images "
-                f"{int(idx[0])}..{int(idx[-1])}): its weights or inputs are broken"
-            )
-        self._outputs[dataloader_idx].append((embeddings, y, idx))
+        self._outputs[dataloader_idx].append((self.net(x).float(), y, idx))
 
     def _evaluate(self, prefix: str, with_nmi: bool) -> dict[str, float]:
+        embeddings = [(prefix, e) for outputs in self._outputs.values() for e, _, _ in outputs]
+        if self._diverged(first_non_finite(embeddings) is not None):
+            self._outputs.clear()
+            raise DivergenceError(
+                f"the model gives non-finite embeddings on the {prefix} images: its weights or "
+                "inputs are broken"
+            )
         parts = [self._gather(self._outputs[i]) for i in sorted(self._outputs)]
         self._outputs.clear()
         if not parts:
