@@ -1,6 +1,7 @@
 """Checkpoints are loaded with weights_only: no code runs, and damaged, foreign or non-finite
 files give one line naming the file, through both dml.load_embedder and dml-eval."""
 
+import math
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import dml
+from dml.checkpointing import first_non_finite
 from dml.cli.eval import main as dml_eval
 from dml.errors import CheckpointError
 from dml.training import train
@@ -99,3 +101,35 @@ def test_non_finite_buffer_is_refused(checkpoint, tmp_path, capsys):
     assert line.startswith(f"error: {path}: tensor {key} has NaN or inf values")
     with pytest.raises(CheckpointError, match=f"tensor {key} has NaN or inf"):
         dml.load_embedder(path, device="cpu")
+
+
+def brute_force_first_non_finite(named):
+    for name, t in named:
+        floating = torch.is_tensor(t) and t.is_floating_point()
+        if floating and any(not math.isfinite(v) for v in t.double().flatten().tolist()):
+            return name
+    return None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_non_finite_matches_an_entrywise_check(seed):
+    g = torch.Generator().manual_seed(seed)
+    named = []
+    for i in range(6):
+        dtype = [torch.float32, torch.float64, torch.float16, torch.bfloat16][i % 4]
+        t = torch.randn(int(torch.randint(1, 50, (1,), generator=g)), generator=g).to(dtype)
+        if torch.rand(1, generator=g) < 0.15:
+            t[int(torch.randint(len(t), (1,), generator=g))] = [math.nan, math.inf, -math.inf][
+                int(torch.randint(3, (1,), generator=g))
+            ]
+        named.append((f"t{i}", t))
+    named.append(("counter", torch.tensor(7)))  # integer buffers are never non-finite
+    assert first_non_finite(named) == brute_force_first_non_finite(named)
+
+
+def test_first_non_finite_cases():
+    big16 = torch.full((100_000,), 60_000.0, dtype=torch.float16)  # sum overflows in float16
+    assert first_non_finite([("big", big16)]) is None
+    both = [("a", torch.tensor([math.inf, -math.inf])), ("b", torch.tensor([math.nan]))]
+    assert first_non_finite(both) == "a"  # inf + -inf: a NaN sum, still found
+    assert first_non_finite([]) is None and first_non_finite([("x", [1.0])]) is None
