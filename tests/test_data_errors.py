@@ -349,3 +349,19 @@ def test_concurrent_extractions_share_one_result(tmp_path: Path):
     assert len(listings) == 3 and listings[0] == listings[1] == listings[2]
     assert len(listings[0]) == 401  # 400 files and the .extracted marker
     assert sorted(p.name for p in dest.parent.iterdir()) == [".a.lock", "a"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.train_transform.channels=2"], "data.train_transform.channels must be 1 or 3"),
+        (["data.train_transform.mean=[0.5,0.5]"], "data.train_transform.mean and .std need 1"),
+    ],
+)
+def test_bad_transforms_are_one_line_errors_through_dml_data(overrides, message, capsys):
+    from dml.cli.data import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["data=synthetic", *overrides])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {message}")

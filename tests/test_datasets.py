@@ -11,6 +11,7 @@ from dml.data.omniglot import Omniglot, merge_classes
 from dml.data.records import summarize
 from dml.data.synthetic import Synthetic
 from dml.data.transforms import build_transform
+from dml.errors import ConfigError
 
 from .conftest import real_data_dir, write_png
 
@@ -178,7 +179,7 @@ def test_transform_shapes_and_inversion():
     assert out.shape == (1, 24, 24) and torch.allclose(out, torch.zeros_like(out), atol=1e-6)
     rgb = build_transform(size=8)(white)
     assert rgb.shape == (3, 8, 8)
-    with pytest.raises(ValueError, match="mean/std"):
+    with pytest.raises(ConfigError, match=r"mean and \.std need"):
         build_transform(size=8, channels=1)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torchvision import transforms as T
 
+from dml.errors import ConfigError
+
 
 def build_transform(
     size: int,
@@ -32,9 +34,12 @@ def build_transform(
     ``resize`` defaults to ``size``.
     """
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"data.train_transform.channels must be 1 or 3, got {channels}")
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean/std need {channels} values for channels={channels}: {mean}, {std}")
+        raise ConfigError(
+            f"data.train_transform.mean and .std need {channels} values for channels={channels}, "
+            f"got {list(mean)} and {list(std)}"
+        )
     steps: list = [T.Grayscale(1) if channels == 1 else T.Lambda(_to_rgb)]
     if train and random_resized_crop:
         steps.append(T.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True))
