@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dml.config_checks import check_int
 from dml.data.dataset import DMLDataset
 from dml.data.records import Record
 from dml.data.sampler import PKBatchSampler
@@ -17,16 +18,6 @@ from dml.data.source import DatasetSource
 from dml.errors import ConfigError, DatasetError
 
 EVAL_SPLITS = ("val", "test", "query", "gallery")
-
-
-def check_int(key: str, value: object, minimum: int, meaning: str, example: int) -> None:
-    """``value`` is an int (not a bool) >= ``minimum``, else a :class:`ConfigError` naming
-    ``key``, what it means and an ``example`` value."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(
-            f"{key} must be an integer >= {minimum} ({meaning}), got {value!r}: "
-            f"set e.g. {key}={example}"
-        )
 
 
 def check_val_holdout(holdout: object) -> None:

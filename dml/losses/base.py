@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dml.config_checks import check_choice
 from dml.distances import CosineSimilarity, Distance, get_distance
-from dml.miners.base import PairMiner, TripletMiner, check_choice
+from dml.miners.base import PairMiner, TripletMiner
 from dml.miners.pair import AllPairsMiner
 
 Reduction = Literal["mean", "mean_nonzero"]

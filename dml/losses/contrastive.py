@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.losses.base import PairLoss, Reduction, check_reduction, reduce_terms
-from dml.miners.base import PairMiner, check_range
+from dml.miners.base import PairMiner
 
 
 class ContrastiveLoss(PairLoss):

@@ -63,10 +63,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.distances import EuclideanDistance
 from dml.losses.base import DMLLoss, Reduction, check_reduction, mean_or_nan, reduce_terms
 from dml.losses.multisimilarity import check_ms_parameters, log1p_sum_exp
-from dml.miners.base import check_range, label_masks
+from dml.miners.base import label_masks
 
 # Candidate order (the first axis of the candidate tensors): 4 endpoint pairs (a-c, b-c, a-d,
 # b-d), 4 endpoint projections (a and b onto arc c->d, c and d onto arc a->b), 2 interior

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.losses.base import PairLoss
-from dml.miners.base import PairMiner, check_range
+from dml.miners.base import PairMiner
 from dml.miners.pair import MultiSimilarityMiner
 
 

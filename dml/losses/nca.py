@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.losses.base import TripletLoss
-from dml.miners.base import TripletMiner, check_range
+from dml.miners.base import TripletMiner
 from dml.miners.triplet import EasyPositiveHardNegativeMiner
 
 _ULPS = 16

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.losses.nca import NCATripletLoss
-from dml.miners.base import TripletMiner, check_range
+from dml.miners.base import TripletMiner
 
 
 class SCTLoss(NCATripletLoss):

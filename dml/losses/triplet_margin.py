@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.losses.base import Reduction, TripletLoss, check_reduction, reduce_terms
-from dml.miners.base import TripletMiner, check_range
+from dml.miners.base import TripletMiner
 from dml.miners.triplet import BatchHardMiner
 
 

@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from dml.distances import Distance, get_distance
-from dml.errors import ConfigError
 
 Triplets = tuple[Tensor, Tensor, Tensor]
 """``(a, p, n)``: LongTensors of equal length; ``labels[a] == labels[p] != labels[n]``."""
 
 Pairs = tuple[Tensor, Tensor, Tensor, Tensor]
 """``(a1, p, a2, n)``: positive pairs ``(a1, p)`` and negative pairs ``(a2, n)``."""
-
-
-def check_range(
-    key: str,
-    value: object,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    strict: bool = False,
-    nullable: bool = False,
-) -> None:
-    """Raise :class:`~dml.errors.ConfigError` unless ``value`` is a finite real number with
-    ``low <= value`` (``low < value`` if ``strict``) and ``value <= high`` (``None``: no bound);
-    ``None`` itself passes if ``nullable``. The one-line message names ``key`` as a user types it
-    in a config override: ``loss.margin must be >= 0, got -1``."""
-    if value is None and nullable:
-        return
-    if low is not None and high is not None:
-        bound = f"in {'(' if strict else '['}{low:g}, {high:g}]"
-    elif low is not None:
-        bound = f"{'>' if strict else '>='} {low:g}"
-    else:
-        bound = f"<= {high:g}"
-    bound += " or null" if nullable else ""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{key} must be finite, got {value!r}")
-    above = low is None or (value > low if strict else value >= low)
-    if not (above and (high is None or value <= high)):
-        raise ConfigError(f"{key} must be {bound}, got {value!r}")
-
-
-def check_choice(key: str, value: object, choices: Sequence[str]) -> None:
-    """Raise :class:`~dml.errors.ConfigError` unless ``value`` is one of ``choices``:
-    ``loss.reduction must be one of ['mean', 'mean_nonzero'], got 'sum'``."""
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
 def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.distances import Distance
-from dml.miners.base import PairMiner, Pairs, check_range, label_masks
+from dml.miners.base import PairMiner, Pairs, label_masks
 
 
 class AllPairsMiner(PairMiner):

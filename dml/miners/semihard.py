@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from dml.config_checks import check_range
 from dml.distances import Distance
-from dml.miners.base import TripletMiner, Triplets, check_range, label_masks, masked_argmax
+from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
 
 
 class FaceNetSemiHardMiner(TripletMiner):

@@ -7,8 +7,9 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from dml.config_checks import check_choice
 from dml.distances import Distance
-from dml.miners.base import TripletMiner, Triplets, check_choice, label_masks, masked_argmax
+from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
 
 PositiveRule = Literal["hardest", "easiest", "random"]
 NegativeRule = Literal["hardest", "semihard", "random"]
