@@ -23,6 +23,8 @@ from dml.eval import nmi, retrieval_metrics
 from dml.eval.retrieval import positive_ks
 from dml.models.backbone import EmbeddingNet
 
+DIVERGENCE_FIX = "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs"
+
 
 class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; training stops with the batch that caused it named."""
@@ -106,8 +108,7 @@ class DMLModule(L.LightningModule):
             return
         where = (
             f"epoch {self.current_epoch}, batch {batch_idx} (global step {self.global_step}); "
-            "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs. Checkpoints "
-            "on disk predate it."
+            f"{DIVERGENCE_FIX}. Checkpoints on disk predate it."
         )
         if name == "loss":
             raise NonFiniteLossError(f"training diverged: the loss is {loss.item()} at {where}")
@@ -212,7 +213,7 @@ class DMLModule(L.LightningModule):
         if name is not None:  # never written, so never selected or resumed from
             raise DivergenceError(
                 f"training diverged: {name} is not finite at epoch {self.current_epoch}; the "
-                "checkpoint was not saved. Lower optimizer.lr or set trainer.gradient_clip_val"
+                f"checkpoint was not saved: {DIVERGENCE_FIX}"
             )
         checkpoint["dml_config"] = self.config
 
