@@ -365,3 +365,18 @@ def test_bad_transforms_are_one_line_errors_through_dml_data(overrides, message,
         main(["data=synthetic", *overrides])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
+def test_download_checks_the_md5_and_leaves_nothing_behind(tmp_path: Path):
+    """The real download code on a local file:// URL (no network needed)."""
+    from dml.data.archive import download, md5sum
+
+    src = tmp_path / "src.zip"
+    src.write_bytes(b"archive bytes")
+    dest = tmp_path / "data" / "omniglot" / "images_background.zip"
+    with pytest.raises(DatasetError, match=r"checksum mismatch for file://.*expected 0+$"):
+        download(src.as_uri(), dest, md5="0" * 32)
+    assert not dest.parent.exists() or not any(dest.parent.iterdir())
+    assert download(src.as_uri(), dest, md5=md5sum(src)) == dest
+    assert dest.read_bytes() == b"archive bytes"
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]

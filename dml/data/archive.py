@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 from dml.errors import DatasetError
-from dml.files import locked, temporary_sibling
+from dml.files import locked, temporary_sibling, write_atomic
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -28,20 +28,20 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
     Without network access this raises a :class:`DatasetError` that says where to put the file.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(
-            f"could not download {url} ({e}); if this machine is offline, copy the file to {dest} "
-            "by hand"
-        ) from None
-    if md5 is not None and (got := md5sum(tmp)) != md5:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
-    os.replace(tmp, dest)
+
+    def fetch(tmp: Path) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise DatasetError(
+                f"could not download {url} ({e}); if this machine is offline, copy the file to "
+                f"{dest} by hand"
+            ) from None
+        if md5 is not None and (got := md5sum(tmp)) != md5:
+            raise DatasetError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
+
+    write_atomic(dest, fetch)  # a failed or partial download never takes dest's name
     return dest
 
 
