@@ -54,6 +54,19 @@ def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int)
         )
 
 
+def trial_reporter(cfg: DictConfig) -> L.Callback | None:
+    """A study's trial (``trial.*``, set by ``hydra/sweeper=optuna``) reports its objective every
+    epoch and stops when its pruner says so; with ``data.val_folds`` each fold has its own steps."""
+    trial = cfg.get("trial")
+    if not trial:
+        return None
+    from dml.tune.reporter import TrialReporter
+
+    fold = cfg.data.get("val_fold", 0) if cfg.data.get("val_folds") else 0
+    return TrialReporter(trial.storage, trial.study, trial.number, trial.objective,
+                         step_offset=fold * cfg.trainer.max_epochs)
+
+
 def resumes(cfg: DictConfig, run_dir: Path) -> bool:
     """True if ``ckpt_path`` continues the run of ``run_dir`` (``last``, or one of its own
     checkpoints); a checkpoint from elsewhere only initialises a new run."""
@@ -127,6 +140,9 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     has_val = "val" in datamodule.datasets
     if not has_val and callbacks.pop("best_checkpoint", None) is not None:
         warnings.warn("no validation split: the last checkpoint is the selected one", stacklevel=1)
+    reporter = trial_reporter(cfg)
+    if reporter is not None:
+        callbacks["trial_reporter"] = reporter
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:  # so W&B / CSV can filter and group runs by any config value
         logger.log_hyperparams(module.config)
@@ -142,6 +158,8 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     chosen = callbacks.get("best_checkpoint") or callbacks.get("last_checkpoint")
     selected = (chosen.best_model_path or None) if chosen is not None else None
     result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": selected}
+    if reporter is not None:
+        result["pruned_at"] = reporter.pruned_at
     if has_val:
         trainer.validate(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
         result["val"] = module.eval_metrics.get("val", {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import yaml
@@ -15,13 +16,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from dml.cli.errors import exit_on_user_error
     from dml.training import train
 
+    if cfg.get("trial"):  # a study's trial: its sweeper reads the outcome, errors included
+        return train(cfg)
     with exit_on_user_error():
-        result = train(cfg)
-    return result.get("val", {}).get("recall@1")
+        return train(cfg)
 
 
 def override_key(override: str) -> str:

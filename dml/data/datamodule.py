@@ -54,10 +54,27 @@ def carve_validation(
     return train, [r for r in records if r.group_key in val_groups]
 
 
+def class_folds(records: list[Record], folds: int, seed: int = 0) -> list[set]:
+    """``folds`` class-disjoint folds of the training *groups* (Omniglot: alphabets; else the
+    class itself), as in MLRC's cross-validation: the groups are shuffled by ``seed`` and dealt
+    round-robin, so every group is in exactly one fold and fold sizes differ by at most one
+    group."""
+    groups = sorted({r.group_key for r in records})
+    if not 2 <= folds <= len(groups):
+        raise DatasetError(
+            f"data.val_folds={folds} folds of {len(groups)} training groups: choose 2 to "
+            f"{len(groups)} (or 0 for none)"
+        )
+    random.Random(seed).shuffle(groups)
+    return [set(groups[i::folds]) for i in range(folds)]
+
+
 class DMLDataModule(L.LightningDataModule):
     """Train loader: :class:`PKBatchSampler` batches of ``batch_p`` classes × ``batch_k`` images.
     Eval loaders (in dataset order): ``val`` if the source has one or ``val_holdout > 0`` carves it
     from the training classes; ``test``, or ``query`` and ``gallery`` (evaluated apart).
+    With ``val_folds = k`` (MLRC's class-disjoint cross-validation), fold ``val_fold`` of
+    :func:`class_folds` is the validation split instead of ``val_holdout``.
     Model selection uses ``val``, never ``test``. The arguments are checked at construction
     (a :class:`ConfigError` names the ``data.*`` key), before any training.
 
@@ -76,6 +93,8 @@ class DMLDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        val_folds: int = 0,
+        val_fold: int = 0,
     ) -> None:
         super().__init__()
         check_int("data.batch_p", batch_p, 1, "the classes per batch", 32)
@@ -83,6 +102,12 @@ class DMLDataModule(L.LightningDataModule):
         check_val_holdout(val_holdout)
         check_int("data.eval_batch_size", eval_batch_size, 1, "the images per eval batch", 256)
         check_int("data.num_workers", num_workers, 0, "the DataLoader worker processes", 0)
+        check_int("data.val_folds", val_folds, 0, "the cross-validation folds (0: none)", 4)
+        if val_folds:
+            check_int("data.val_fold", val_fold, 0, "the validation fold", 0)
+            if val_fold >= val_folds:
+                raise ConfigError(f"data.val_fold={val_fold} must be < data.val_folds={val_folds}")
+        self.val_folds, self.val_fold = val_folds, val_fold
         self.source = source
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_p, self.batch_k = batch_p, batch_k
@@ -94,7 +119,12 @@ class DMLDataModule(L.LightningDataModule):
         splits = self.source.splits()
         if "train" not in splits:
             raise DatasetError(f"{type(self.source).__name__} provides no 'train' split")
-        if self.val_holdout and "val" not in splits:
+        if self.val_folds and "val" not in splits:
+            val_groups = class_folds(splits["train"], self.val_folds, self.seed)[self.val_fold]
+            records = splits["train"]
+            splits["train"] = [r for r in records if r.group_key not in val_groups]
+            splits["val"] = [r for r in records if r.group_key in val_groups]
+        elif self.val_holdout and "val" not in splits:
             splits["train"], splits["val"] = carve_validation(
                 splits["train"], self.val_holdout, self.seed
             )

@@ -1,0 +1,88 @@
+"""Search spaces: ``conf/search/<loss>.yaml`` → Optuna distributions → Hydra overrides.
+
+A space maps a config key to a range, written as in the configs::
+
+    optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}   # float (log scale)
+    loss.k:       {low: 1, high: 8, type: int}              # integer
+    loss.hard_threshold: {choices: [null, 0.7, 0.8]}        # categorical
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from dml.errors import ConfigError
+
+FLOAT_KEYS = {"low", "high", "log", "step", "type"}
+
+
+def distribution(key: str, spec: Mapping[str, Any]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one search-space entry (a :class:`ConfigError` names ``key``)."""
+    where = f"hydra.sweeper.params.{key}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where} must be {{low, high[, log, step, type]}} or {{choices}}")
+    if "choices" in spec:
+        if set(spec) != {"choices"} or not list(spec["choices"]):
+            raise ConfigError(f"{where}: a categorical range is {{choices: [a, b, ...]}}")
+        return optuna.distributions.CategoricalDistribution(list(spec["choices"]))
+    kind = spec.get("type", "float")
+    if not {"low", "high"} <= set(spec) <= FLOAT_KEYS or kind not in ("float", "int"):
+        raise ConfigError(
+            f"{where}: a range is {{low, high}} with optional log, step, type (float or int); "
+            f"got {dict(spec)}"
+        )
+    low, high = spec["low"], spec["high"]
+    try:
+        if kind == "int":
+            return optuna.distributions.IntDistribution(
+                int(low), int(high), log=bool(spec.get("log", False)), step=int(spec.get("step", 1))
+            )
+        return optuna.distributions.FloatDistribution(
+            float(low), float(high), log=bool(spec.get("log", False)), step=spec.get("step")
+        )
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def distributions(params: Mapping[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Every entry of a search space (``hydra.sweeper.params``), in its order."""
+    if not params:
+        raise ConfigError(
+            "hydra.sweeper.params is empty: choose a search space (search=<loss>, one of "
+            "conf/search/) or give ranges as hydra.sweeper.params"
+        )
+    return {key: distribution(key, spec) for key, spec in params.items()}
+
+
+def check_space(params: Mapping[str, Any], cfg: DictConfig) -> None:
+    """Every key of the space names a value of the composed config (e.g. ``loss.lam`` needs a loss
+    that has ``lam``); a typo or a space for another loss is a one-line :class:`ConfigError`."""
+    for key in params:
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            parent = key.split(".", 1)[0]
+            target = OmegaConf.select(cfg, f"{parent}._target_", default=None)
+            has = f" ({parent} is {target})" if target else ""
+            raise ConfigError(
+                f"the search space names {key}, which this config does not have{has}: use the "
+                f"search space of the chosen {parent} (search=<name> sets both) or fix the key"
+            )
+
+
+def override_value(value: Any) -> str:
+    """A value written in Hydra's override grammar (floats exactly, ``null`` for None)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"'{value}'" if any(c in str(value) for c in " ,=[]{}()'\"") else str(value)
+
+
+def overrides(params: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides that set a trial's sampled values."""
+    return [f"{key}={override_value(value)}" for key, value in params.items()]

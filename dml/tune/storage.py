@@ -1,0 +1,68 @@
+"""Where a study lives: an Optuna journal file (default, ``<sweep dir>/optuna.journal``) or an
+SQLite/RDB URL. Both survive the process, so an interrupted study resumes where it stopped, and
+several processes (parallel sweeps, SLURM jobs) can share one study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from dml.errors import ConfigError
+
+FIX = "delete it to start a new study, or point hydra.sweeper.storage at the study's own file"
+
+
+def check_journal(path: Path) -> None:
+    """An existing journal file holds Optuna journal records, one JSON object per line (Optuna's
+    own reader skips what it cannot parse, so a damaged file would read as an empty study)."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ConfigError(f"study storage {path} is a directory, not a journal file: {FIX}")
+    data = path.read_bytes()
+    if not data:
+        raise ConfigError(f"study storage {path} is empty (a journal always holds records): {FIX}")
+    complete = data.split(b"\n")[:-1]  # a last line without newline is a write in progress
+    for number, line in enumerate(complete, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
+            raise ConfigError(f"study storage {path} is corrupt (line {number} is not an Optuna "
+                              f"journal record): {FIX}")
+
+
+def open_storage(storage: str) -> BaseStorage:
+    """``storage``: a journal file path, or an RDB URL (``sqlite:///study.db``, ``postgresql://``).
+    A damaged file is a one-line :class:`ConfigError` naming it."""
+    if "://" not in storage:
+        path = Path(storage)
+        check_journal(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if storage.startswith("sqlite:///"):
+        path = Path(storage[len("sqlite:///"):])
+        if path.exists() and path.stat().st_size == 0:
+            raise ConfigError(f"study storage {path} is empty (not an SQLite database): {FIX}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(storage)
+    except Exception as e:  # SQLAlchemy: not a database, unreadable schema, no driver
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"study storage {storage} cannot be opened ({first}): {FIX}") from None
+
+
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """An existing study (a trial process reporting to its sweeper's study)."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise ConfigError(
+            f"study {study_name!r} not found in {storage}: trial.* is set by the optuna sweeper, "
+            "not by hand"
+        ) from None

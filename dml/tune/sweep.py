@@ -1,0 +1,55 @@
+"""From a ``dml-train -m`` command line to studies: each combination of its swept values (e.g.
+``search=sct,nca_semihard``) is one study with its own search space and directory."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf
+
+from dml.tune.study import Study, StudySettings
+
+
+def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
+    """Each combination's overrides and its name (the swept values, ``""`` when nothing is swept):
+    ``["search=a,b", "seed=1"]`` → ``(["search=a", "seed=1"], "search=a")``, …"""
+    choices: list[list[tuple[str, bool]]] = []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([(f"{key}={v}", True) for v in override.sweep_string_iterator()])
+        else:
+            choices.append([(f"{key}={override.get_value_element_as_str()}", False)])
+    result = []
+    for combo in itertools.product(*choices):
+        name = ",".join(o for o, swept in combo if swept).replace("/", "_")
+        result.append(([o for o, _ in combo], name))
+    return result
+
+
+def run_studies(arguments: list[str], settings: dict[str, Any], master: DictConfig,
+                loader: Any, launcher: Launcher) -> list[dict[str, Any]]:
+    """Run (or resume) every study of the command line, one after another."""
+    sweep_dir = Path(master.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(master, sweep_dir / "multirun.yaml")
+    next_job = itertools.count()
+    summaries = []
+    for fixed, name in combinations(arguments):
+        config = loader.load_sweep_config(master, list(fixed))
+        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)
+
+        def launch(jobs: list[list[str]]) -> list:
+            first = next(next_job)
+            for _ in jobs[1:]:
+                next(next_job)
+            return list(launcher.launch(jobs, initial_job_idx=first))
+
+        study = Study(StudySettings(**settings), params, config, list(fixed),
+                      sweep_dir / name if name else sweep_dir, name, launch)
+        summaries.append(study.run())
+    return summaries
