@@ -135,15 +135,31 @@ class Study:
         if self._study is None:
             from hydra.utils import instantiate
 
+            storage = open_storage(self.storage)
             self._study = optuna.create_study(
-                storage=open_storage(self.storage),
+                storage=storage,
                 study_name=self.name,
                 direction="maximize",
-                sampler=instantiate(self.settings.sampler) if self.settings.sampler else None,
+                sampler=self._sampler(storage),
                 pruner=instantiate(self.settings.pruner) if self.settings.pruner else None,
                 load_if_exists=True,
             )
         return self._study
+
+    def _sampler(self, storage: optuna.storages.BaseStorage) -> optuna.samplers.BaseSampler | None:
+        """The configured sampler; its seed is offset by the trials already in the study, so a
+        resumed study draws new points instead of repeating the first session's draws."""
+        from hydra.utils import instantiate
+
+        config = self.settings.sampler
+        if not config:
+            return None
+        seed = config.get("seed")
+        if seed is not None:
+            done = next((len(storage.get_all_trials(s._study_id, deepcopy=False))
+                         for s in storage.get_all_studies() if s.study_name == self.name), 0)
+            return instantiate(config, seed=seed + done)
+        return instantiate(config)
 
     def _set_attr(self, number: int, key: str, value: Any) -> None:
         """A user attribute of trial ``number`` (Optuna sets them only through a live Trial)."""
