@@ -48,6 +48,23 @@ def distribution(key: str, spec: Mapping[str, Any]) -> optuna.distributions.Base
         raise ConfigError(f"{where}: {e}") from None
 
 
+RANGE_KEYS = FLOAT_KEYS | {"choices"}
+
+
+def flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Search-space keys as dotted paths: the files write ``loss.lam: {...}``; the command line
+    (``+hydra.sweeper.params.loss.lam={low: 2, high: 4}``) nests them. A later entry wins."""
+    result: dict[str, Any] = {}
+    for key, spec in params.items():
+        path = f"{prefix}{key}"
+        if isinstance(spec, Mapping) and spec and not set(spec) & RANGE_KEYS:
+            result.update(flat(spec, f"{path}."))
+        else:
+            result.pop(path, None)
+            result[path] = spec
+    return result
+
+
 def distributions(params: Mapping[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
     """Every entry of a search space (``hydra.sweeper.params``), in its order."""
     if not params:

@@ -13,6 +13,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from dml.errors import ConfigError
 
+PRUNER_ATTR = "pruner"  # the study's pruner config, stored with the study for its trials
 FIX = "delete it to start a new study, or point hydra.sweeper.storage at the study's own file"
 
 
@@ -58,9 +59,16 @@ def open_storage(storage: str) -> BaseStorage:
 
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
-    """An existing study (a trial process reporting to its sweeper's study)."""
+    """An existing study (a trial process reporting to its sweeper's study), with the pruner its
+    sweeper stored as the study's ``PRUNER_ATTR`` user attribute (Optuna stores no pruner)."""
+    from hydra.utils import instantiate
+
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        config = study.user_attrs.get(PRUNER_ATTR)
+        if config:
+            study.pruner = instantiate(config)
+        return study
     except KeyError:
         raise ConfigError(
             f"study {study_name!r} not found in {storage}: trial.* is set by the optuna sweeper, "

@@ -32,7 +32,7 @@ from dml.errors import ConfigError, DivergenceError
 from dml.eval.retrieval import positive_ks
 from dml.files import write_text_atomic
 from dml.tune.space import check_space, distributions, overrides
-from dml.tune.storage import open_storage
+from dml.tune.storage import PRUNER_ATTR, open_storage
 
 Launch = Callable[[list[list[str]]], Sequence[JobReturn]]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -102,6 +102,26 @@ def _job_error(ret: JobReturn) -> BaseException | None:
     return error if isinstance(error, BaseException) else RuntimeError(str(error))
 
 
+def default_values(space: dict[str, optuna.distributions.BaseDistribution],
+                   cfg: DictConfig) -> dict[str, Any]:
+    """The config's own value of each searched key, checked to lie inside its range (a space
+    must contain the defaults the tuned setting is compared with)."""
+    values = {}
+    for key, dist in space.items():
+        value = OmegaConf.select(cfg, key)
+        try:
+            inside = dist._contains(dist.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if not inside:
+            raise ConfigError(
+                f"the search space of {key} does not contain the config's value {value!r}: "
+                "widen hydra.sweeper.params so the tuned setting is compared with the default"
+            )
+        values[key] = value
+    return values
+
+
 @dataclass
 class Study:
     """One study of one search space (``params``) over the job config ``fixed`` composes to."""
@@ -144,6 +164,8 @@ class Study:
                 pruner=instantiate(self.settings.pruner) if self.settings.pruner else None,
                 load_if_exists=True,
             )
+            # trials decide on pruning in their own processes: they rebuild the pruner from here
+            self._study.set_user_attr(PRUNER_ATTR, self.settings.pruner)
         return self._study
 
     def _sampler(self, storage: optuna.storages.BaseStorage) -> optuna.samplers.BaseSampler | None:
@@ -168,22 +190,7 @@ class Study:
         storage.set_trial_user_attr(trial_id, key, value)
 
     def defaults(self) -> dict[str, Any]:
-        """The config's own value of each searched key, checked to lie inside its range (a space
-        must contain the defaults it is compared with)."""
-        values = {}
-        for key, dist in self.space.items():
-            value = OmegaConf.select(self.config, key)
-            try:
-                inside = dist._contains(dist.to_internal_repr(value))
-            except (ValueError, TypeError):
-                inside = False
-            if not inside:
-                raise ConfigError(
-                    f"the search space of {key} does not contain the config's value {value!r}: "
-                    "widen hydra.sweeper.params so the tuned setting is compared with the default"
-                )
-            values[key] = value
-        return values
+        return default_values(self.space, self.config)
 
     def counted(self) -> list[optuna.trial.FrozenTrial]:
         """Trials that count towards ``n_trials``: complete, pruned, or failed (not interrupted)."""
@@ -203,6 +210,7 @@ class Study:
             "test=false",
             *self._monitor(),
             *(["ckpt_path=last"] if resume else []),
+            *self._group(),
         ]
         where = f"{self.subdir}/trial_{number}".lstrip("/")
         if not self.folds:
@@ -215,6 +223,12 @@ class Study:
         if OmegaConf.select(self.config, "callbacks.best_checkpoint.monitor") is None:
             return []
         return [f"callbacks.best_checkpoint.monitor={self.settings.objective}"]
+
+    def _group(self) -> list[str]:
+        """A study's trials and retrains form one W&B group, named after the study."""
+        if OmegaConf.select(self.config, "logger.wandb") is None:
+            return []
+        return [f"logger.wandb.group='{self.name}'"]
 
     def _outcome(self, number: int, returns: Sequence[JobReturn]) -> None:
         """Tell the study what the trial's jobs (one per fold) returned."""
@@ -292,6 +306,7 @@ class Study:
                     *self.fixed, *overrides(values), f"seed={seed}", "test=true",
                     "data.val_holdout=0", "data.val_folds=0",
                     *(["ckpt_path=last"] if run_dir.exists() else []),
+                    *self._group(),
                     f"hydra.sweep.subdir={where}",
                 ])
         for ret in self.launch(jobs) if jobs else []:

@@ -11,6 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf
 
+from dml.tune.space import flat
 from dml.tune.study import Study, StudySettings
 
 
@@ -41,7 +42,8 @@ def run_studies(arguments: list[str], settings: dict[str, Any], master: DictConf
     summaries = []
     for fixed, name in combinations(arguments):
         config = loader.load_sweep_config(master, list(fixed))
-        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)
+        space = config.hydra.sweeper.get("params") or {}
+        params = flat(OmegaConf.to_container(space, resolve=True))
 
         def launch(jobs: list[list[str]]) -> list:
             first = next(next_job)

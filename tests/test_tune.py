@@ -1,0 +1,222 @@
+"""Hyperparameter search (hydra/sweeper=optuna): search spaces, pruning, resumption, folds, and
+the one-line errors, through the real ``dml-train -m`` entry point where a user meets them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from dml.cli.errors import user_error
+from dml.data.datamodule import DMLDataModule, class_folds
+from dml.data.records import Record
+from dml.errors import ConfigError, DatasetError
+from dml.tune.space import check_space, distributions, overrides
+from dml.tune.storage import open_storage
+from dml.tune.study import default_values
+from .training_utils import REPO, TINY
+
+SPACES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
+
+
+def compose_job(*overrides_: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides_), return_hydra_config=True)
+
+
+def test_every_loss_has_a_search_space():
+    losses = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+    assert SPACES == losses
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(name):
+    cfg = compose_job(f"search={name}")
+    assert cfg.hydra.runtime.choices.loss == name
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    params = dict(cfg.hydra.sweeper.params)
+    check_space(params, cfg)
+    space = distributions(params)
+    assert "optimizer.lr" in space
+    default_values(space, cfg)  # the config's own values lie inside every range
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    labels = torch.arange(4).repeat_interleave(4)
+    for _ in range(6):
+        trial = study.ask(space)
+        job = compose_job(f"search={name}", *overrides(trial.params))
+        for key, value in trial.params.items():  # the override sets exactly the sampled value
+            assert OmegaConf.select(job, key) == value
+        instantiate(job.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        loss = instantiate(job.loss)
+        value = loss(x, labels)
+        value = value[0] if isinstance(value, tuple) else value
+        assert torch.isfinite(value)
+        study.tell(trial, 0.0)
+
+
+# -- studies through dml-train -m --------------------------------------------------------------
+STUDY = [*TINY, "search=sct", "test=false", "trainer.max_epochs=3", "hydra/sweeper/pruner=none"]
+
+
+def sweep_cli(sweep_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "dml.cli.train", "-m", *STUDY,
+            f"hydra.sweep.dir={sweep_dir}", *args]
+
+
+def run_sweep(sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_cli(sweep_dir, *args), capture_output=True, text=True, cwd=REPO,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def stored_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    return optuna.load_study(study_name=str(sweep_dir), storage=storage).trials
+
+
+def test_a_pruner_that_fires_stops_trials_after_their_first_epoch(tmp_path):
+    # a threshold above any retrieval metric: every trial is pruned at its first report
+    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                     "+hydra.sweeper.pruner.lower=2.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = stored_trials(tmp_path)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [sorted(t.intermediate_values) for t in trials] == [[0], [0]]
+    for t in trials:
+        metrics = json.loads((tmp_path / f"trial_{t.number}" / "metrics.json").read_text())
+        assert metrics["pruned_at"] == 0 and metrics["epochs"] == 1  # 1 of 3 epochs trained
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["trials"]["pruned"] == 2 and summary["best"] is None
+
+
+def test_a_killed_study_resumes_from_its_storage_without_repeating_finished_trials(tmp_path):
+    args = ["hydra.sweeper.n_trials=3"]
+    proc = subprocess.Popen(sweep_cli(tmp_path, *args), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    interrupted = tmp_path / "trial_1" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not interrupted.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-trial 1: trial 0 finished, trial 1 has 1+ epochs
+    proc.wait()
+    before = {t.number: t.state for t in stored_trials(tmp_path)}
+    assert before[0] == optuna.trial.TrialState.COMPLETE, before
+    assert before[1] == optuna.trial.TrialState.RUNNING, before
+    first = (tmp_path / "trial_0" / "metrics.json").read_bytes()
+
+    proc = run_sweep(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = stored_trials(tmp_path)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    launched = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+                if "+trial.number=" in line]
+    assert not any("+trial.number=0 " in line for line in launched)  # not run again
+    assert any("+trial.number=1 " in line and "ckpt_path=last" in line for line in launched)
+    assert (tmp_path / "trial_0" / "metrics.json").read_bytes() == first
+    assert "Restoring states from the checkpoint path at " + str(interrupted) in proc.stdout + \
+        proc.stderr
+
+
+def test_a_study_retrains_the_best_and_the_default_setting_per_seed(tmp_path):
+    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
+                     "hydra.sweeper.retrain_seeds=[0,1]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["strategy"] == "sct" and summary["trials"]["complete"] == 2
+    assert summary["runs"]["defaults"] == ["defaults_seed0", "defaults_seed1"]
+    for name in summary["runs"]["defaults"] + summary["runs"]["best"]:
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert "test" in metrics and "val" not in metrics  # all training classes, then test
+    overrides_ = (tmp_path / "defaults_seed1" / ".hydra" / "overrides.yaml").read_text()
+    assert "seed=1" in overrides_ and "loss.lam=1.0" in overrides_
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["loss=triplet_batchhard"], "the search space names loss.lam, which this config does "
+                                     "not have"),
+        (["hydra.sweeper.objective=val/nmi"], "hydra.sweeper.objective=val/nmi is not a "
+                                              "validation metric"),
+        (["+hydra.sweeper.params.loss.lam={low: 2.0, high: 4.0}"], "does not contain the "
+                                                                   "config's value 1.0"),
+    ],
+)
+def test_a_bad_study_config_is_one_line_before_any_trial(tmp_path, args, message):
+    proc = run_sweep(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.glob("trial_*"))
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "is empty"),
+                                                  (b"not a journal\n", "is corrupt (line 1")])
+def test_an_empty_or_corrupt_study_storage_is_one_line(tmp_path, content, message):
+    (tmp_path / "optuna.journal").write_bytes(content)
+    proc = run_sweep(tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: study storage {tmp_path / 'optuna.journal'} {message}")
+    assert "delete it" in line
+    assert (tmp_path / "optuna.journal").read_bytes() == content  # nothing lost
+
+
+def test_an_sqlite_storage_that_is_not_a_database_is_one_line(tmp_path):
+    path = tmp_path / "study.db"
+    path.write_text("not sqlite")
+    with pytest.raises(ConfigError, match=f"study storage sqlite:///{path} cannot be opened"):
+        open_storage(f"sqlite:///{path}")
+
+
+# -- class-disjoint folds ----------------------------------------------------------------------
+def records(groups: int, classes_per_group: int = 2) -> list[Record]:
+    return [Record(item=f"{g}/{c}/{i}.png", label=f"{g}/{c}", group=f"g{g}")
+            for g in range(groups) for c in range(classes_per_group) for i in range(2)]
+
+
+def test_folds_are_class_disjoint_cover_every_group_once_and_are_seeded():
+    recs = records(10)
+    folds = class_folds(recs, 4, seed=0)
+    assert sorted(len(f) for f in folds) == [2, 2, 3, 3]
+    assert sorted(g for f in folds for g in f) == sorted({r.group_key for r in recs})
+    assert class_folds(recs, 4, seed=0) == folds
+    assert class_folds(recs, 4, seed=1) != folds
+    with pytest.raises(DatasetError, match="data.val_folds=11 folds of 10 training groups"):
+        class_folds(recs, 11)
+
+
+def test_the_datamodule_validates_on_one_fold_and_trains_on_the_others():
+    cfg = compose_job(*TINY, "data.val_folds=3")
+    seen, everything = [], set()
+    for fold in range(3):
+        dm = instantiate(cfg.data, val_fold=fold)
+        assert isinstance(dm, DMLDataModule)
+        splits = dm.split_records()
+        train, val = {r.label for r in splits["train"]}, {r.label for r in splits["val"]}
+        assert train and val and not train & val
+        seen.append(val)
+        everything |= train | val
+    assert set().union(*seen) == everything  # every class validates in one fold, only one
+    assert sum(map(len, seen)) == len(everything)
+    with pytest.raises(Exception) as raised:  # Hydra wraps what the constructor raises
+        instantiate(cfg.data, val_fold=3)
+    assert isinstance(user_error(raised.value), ConfigError)
+    assert "data.val_fold=3 must be < data.val_folds=3" in str(user_error(raised.value))
