@@ -62,7 +62,7 @@ class RunFileError(UserError, ValueError):
     unreadable or malformed; the message names it."""
 
 
-def _read_file(path: Path, expected: type = dict) -> Any:
+def read_run_file(path: Path, expected: type = dict) -> Any:
     """The JSON (``.json``) or YAML content of a run's file, None if there is no such file;
     a :class:`RunFileError` naming it if it cannot be parsed or is not an ``expected``."""
     if not path.is_file():
@@ -88,7 +88,7 @@ def _reason(e: Exception) -> str:
 
 def _read_overrides(path: Path) -> tuple[str, ...]:
     """The command-line overrides a job saved (``.hydra/overrides.yaml``): a list of strings."""
-    overrides = _read_file(path, list) or []
+    overrides = read_run_file(path, list) or []
     if not all(isinstance(o, str) for o in overrides):
         raise RunFileError(f"{path} is not a list of key=value overrides: {FIX}")
     return tuple(overrides)
@@ -105,11 +105,11 @@ def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
 def load_run(job_dir: Path, split: str = "test") -> Run:
     """The :class:`Run` of a job directory that has a ``metrics.json``; a :class:`RunFileError`
     naming the file if one of its files is damaged."""
-    result = _read_file(job_dir / "metrics.json") or {}
+    result = read_run_file(job_dir / "metrics.json") or {}
     overrides = _read_overrides(job_dir / ".hydra" / "overrides.yaml")
-    hydra_cfg = _read_file(job_dir / ".hydra" / "hydra.yaml") or {}
+    hydra_cfg = read_run_file(job_dir / ".hydra" / "hydra.yaml") or {}
     choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
-    config = _read_file(job_dir / "config.yaml") or {}
+    config = read_run_file(job_dir / "config.yaml") or {}
     seed = config.get("seed", _from_overrides(overrides, "seed"))
     metrics = {
         k: float(v)
@@ -166,7 +166,7 @@ def latest_sweep(base: str | Path = "multirun") -> Path:
 def sweep_command(sweep_dir: Path) -> str | None:
     """The ``dml-train -m ...`` command of a sweep, from Hydra's ``multirun.yaml`` (None for a
     directory that is not a sweep)."""
-    saved = _read_file(sweep_dir / "multirun.yaml") or {}
+    saved = read_run_file(sweep_dir / "multirun.yaml") or {}
     task = saved.get("hydra", {}).get("overrides", {}).get("task")
     return None if task is None else " ".join(["dml-train -m", *map(shlex.quote, task)])
 

@@ -337,6 +337,8 @@ class Study:
                 "diverged": sum("diverged" in t.user_attrs for t in trials),
             },
             "defaults": self.defaults(),
+            "defaults_value": next((t.value for t in trials if t.state == state.COMPLETE
+                                    and t.params == self.defaults()), None),
             "best": None if best is None else {
                 "number": best.number, "value": best.value, "params": best.params,
             },

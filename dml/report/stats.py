@@ -1,0 +1,58 @@
+"""Statistics of a comparison over seeds: Student-t confidence intervals and Welch's t-test.
+
+With n seeds of a strategy (values x_1..x_n, mean m, sample standard deviation s):
+
+* 95 % confidence interval of the mean: m ± t_{0.975, n-1} · s / √n.
+* Welch's two-sided t-test of two strategies a, b (unequal variances, Welch 1947):
+  t = (m_a - m_b) / √(s_a²/n_a + s_b²/n_b), with ν = (s_a²/n_a + s_b²/n_b)² /
+  ((s_a²/n_a)² / (n_a - 1) + (s_b²/n_b)² / (n_b - 1)) degrees of freedom; p = 2·P(T_ν > |t|).
+
+Both need two values per strategy; with 3 seeds the test has little power, so "not
+significant" means "not shown", not "equal"."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
+    """The mean and the half-width of its ``level`` confidence interval (None for n < 2)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * s / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class Welch:
+    """Welch's t-test of ``mean(a) - mean(b)``."""
+
+    difference: float
+    t: float
+    dof: float
+    p: float
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p < alpha
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
+    """Welch's two-sided t-test (None unless both have 2+ values). Two samples without any
+    spread differ with p = 0 if their means differ, and p = 1 if not."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    if va + vb == 0:
+        return Welch(ma - mb, math.copysign(math.inf, ma - mb) if ma != mb else 0.0, math.nan,
+                     0.0 if ma != mb else 1.0)
+    t = (ma - mb) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return Welch(ma - mb, t, dof, float(2 * stats.t.sf(abs(t), dof)))
