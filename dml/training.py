@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
@@ -65,6 +66,14 @@ def trial_reporter(cfg: DictConfig) -> L.Callback | None:
     fold = cfg.data.get("val_fold", 0) if cfg.data.get("val_folds") else 0
     return TrialReporter(trial.storage, trial.study, trial.number, trial.objective,
                          step_offset=fold * cfg.trainer.max_epochs)
+
+
+def finish_runs(loggers: list) -> None:
+    """End the loggers' runs: a W&B run left open would take in the next job of an in-process
+    multirun (Lightning's WandbLogger attaches to a live ``wandb.run``)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def resumes(cfg: DictConfig, run_dir: Path) -> bool:
@@ -153,25 +162,28 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
         logger=loggers or False,
         plugins=[SafeCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    chosen = callbacks.get("best_checkpoint") or callbacks.get("last_checkpoint")
-    selected = (chosen.best_model_path or None) if chosen is not None else None
-    result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": selected}
-    if reporter is not None:
-        result["pruned_at"] = reporter.pruned_at
-    if has_val:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
-        result["val"] = module.eval_metrics.get("val", {})
-    if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
-        result["test"] = module.eval_metrics.get("test", {})
-    result["epochs"] = trainer.current_epoch
-    result["wall_time_s"] = round(time.time() - start, 1)
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-        print(
-            f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.json'}\n"
-            f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"
-        )
-    return result
+        chosen = callbacks.get("best_checkpoint") or callbacks.get("last_checkpoint")
+        selected = (chosen.best_model_path or None) if chosen is not None else None
+        result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": selected}
+        if reporter is not None:
+            result["pruned_at"] = reporter.pruned_at
+        if has_val:
+            trainer.validate(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
+            result["val"] = module.eval_metrics.get("val", {})
+        if cfg.get("test", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
+            result["test"] = module.eval_metrics.get("test", {})
+        result["epochs"] = trainer.current_epoch
+        result["wall_time_s"] = round(time.time() - start, 1)
+        if trainer.is_global_zero:
+            write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+            print(
+                f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.json'}\n"
+                f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"
+            )
+        return result
+    finally:
+        finish_runs(loggers)

@@ -220,3 +220,51 @@ def test_the_datamodule_validates_on_one_fold_and_trains_on_the_others():
         instantiate(cfg.data, val_fold=3)
     assert isinstance(user_error(raised.value), ConfigError)
     assert "data.val_fold=3 must be < data.val_folds=3" in str(user_error(raised.value))
+
+
+# -- W&B: a sweep's or a study's runs form one group ------------------------------------------
+def wandb_run_record(run_dir: Path):
+    """The ``run`` record of the offline W&B run in ``run_dir``, read from its ``.wandb`` file
+    (a LevelDB-format log of protobuf records: 32 KiB blocks, 7-byte record headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, pending = path.read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending = (b"" if kind in (1, 2) else pending) + data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last fragment of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "run":
+                return record.run
+    raise AssertionError(f"no run record in {path}")
+
+
+def test_a_studys_runs_form_one_wandb_group_named_after_it(tmp_path):
+    proc = run_sweep(tmp_path, "logger=default", "hydra.sweeper.n_trials=1",
+                     "trainer.max_epochs=1", "hydra.sweeper.retrain_seeds=[0]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run_dir in (tmp_path / "trial_0", tmp_path / "defaults_seed0"):
+        run = wandb_run_record(run_dir)
+        assert run.run_group == str(tmp_path)
+        assert list(run.tags) == ["sct", "seed=0"]
+
+
+def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dml.cli.train", "-m", *TINY, "logger=default", "test=false",
+         "trainer.max_epochs=1", "loss=triplet_batchhard", "seed=3,4",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, seed in (("0", 3), ("1", 4)):  # each job its own W&B run (not the first's)
+        run = wandb_run_record(tmp_path / job)
+        assert run.run_group == str(tmp_path)
+        assert list(run.tags) == ["triplet_batchhard", f"seed={seed}"]
