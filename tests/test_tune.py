@@ -268,3 +268,14 @@ def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
         run = wandb_run_record(tmp_path / job)
         assert run.run_group == str(tmp_path)
         assert list(run.tags) == ["triplet_batchhard", f"seed={seed}"]
+
+
+def test_trials_run_as_separate_submitit_jobs(tmp_path):
+    # submitit's local executor: the path of hydra/launcher=slurm, one process per trial
+    proc = run_sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+                     "hydra.sweeper.n_trials=2", "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = stored_trials(tmp_path)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 1 for t in trials)  # reported from the jobs
+    assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2
