@@ -9,8 +9,8 @@ from PIL import Image
 
 from dml.cli.data import main as dml_data
 from dml.data import DatasetError, DMLDataModule
-from dml.data.cars import Cars196
-from dml.data.cub import CUB200
+from dml.data.cars196 import Cars196
+from dml.data.cub200 import CUB200
 from dml.data.inshop import InShop
 from dml.data.records import class_counts, summarize
 from dml.data.sop import StanfordOnlineProducts
@@ -297,7 +297,7 @@ def test_dml_data_prints_the_splits_as_training_sees_them(data_dir, capsys):
     dml_data(["data=cub200", f"data.root={data_dir / 'cub200'}", "data.val_holdout=2"])
     out = json.loads(capsys.readouterr().out)
     train = expected(CUB_CLASSES, max_id=100)
-    assert out["source"] == "dml.data.cub.CUB200" and out["root"] == str(data_dir / "cub200")
+    assert out["source"] == "dml.data.cub200.CUB200" and out["root"] == str(data_dir / "cub200")
     assert list(out["splits"]) == ["train", "val", "test"]
     assert out["splits"]["val"]["classes"] == 2
     assert out["splits"]["train"]["classes"] == train["classes"] - 2

@@ -27,8 +27,8 @@ SCT = {
     "inshop": (512, 512, 0.1, 0.3, 200, [100, 150]),
 }
 SOURCES = {
-    "cub200": "dml.data.cub.CUB200",
-    "cars196": "dml.data.cars.Cars196",
+    "cub200": "dml.data.cub200.CUB200",
+    "cars196": "dml.data.cars196.Cars196",
     "sop": "dml.data.sop.StanfordOnlineProducts",
     "inshop": "dml.data.inshop.InShop",
     "omniglot": "dml.data.omniglot.Omniglot",

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from dml.config_checks import check_choice
 from dml.distances import CosineSimilarity, Distance, get_distance
+from dml.miners.all_pairs import AllPairsMiner
 from dml.miners.base import PairMiner, TripletMiner
-from dml.miners.pair import AllPairsMiner
 
 Reduction = Literal["mean", "mean_nonzero"]
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from dml.config_checks import check_range
 from dml.losses.base import PairLoss
 from dml.miners.base import PairMiner
-from dml.miners.pair import MultiSimilarityMiner
+from dml.miners.multisimilarity import MultiSimilarityMiner
 
 
 def log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor
 from dml.config_checks import check_range
 from dml.losses.base import TripletLoss
 from dml.miners.base import TripletMiner
-from dml.miners.triplet import EasyPositiveHardNegativeMiner
+from dml.miners.easy_positive_hard_negative import EasyPositiveHardNegativeMiner
 
 _ULPS = 16
 

@@ -9,7 +9,7 @@ from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.losses.base import Reduction, TripletLoss, check_reduction, reduce_terms
 from dml.miners.base import TripletMiner
-from dml.miners.triplet import BatchHardMiner
+from dml.miners.batch_hard import BatchHardMiner
 
 
 class MarginTripletLoss(TripletLoss):

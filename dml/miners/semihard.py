@@ -1,4 +1,7 @@
-"""FaceNet semi-hard negative mining (Schroff et al. CVPR 2015, Sec. 3.2)."""
+"""Semi-hard negative mining, both variants: FaceNet's (Schroff et al. CVPR 2015, Sec. 3.2: per
+positive pair, the closest negative inside a margin band beyond the positive) and the SCT
+repository's (Xuan et al. ECCV 2020: per anchor, the closest negative not closer than its
+positive; used by ``loss=nca_semihard``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from torch import Tensor
 from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
+from dml.miners.per_anchor import PerAnchorTripletMiner, PositiveRule
 
 
 class FaceNetSemiHardMiner(TripletMiner):
@@ -39,3 +43,16 @@ class FaceNetSemiHardMiner(TripletMiner):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(margin={self.margin}, distance={self.distance})"
+
+
+class SemiHardNegativeMiner(PerAnchorTripletMiner):
+    """SCT-repository semi-hard: per anchor the ``positive`` rule (default the closest positive),
+    then the closest negative with c(a, n) <= c(a, p)."""
+
+    def __init__(
+        self,
+        distance: str | Distance = "cosine",
+        exclude_duplicates: bool = False,
+        positive: PositiveRule = "easiest",
+    ) -> None:
+        super().__init__(positive, "semihard", distance, exclude_duplicates)

@@ -1,4 +1,5 @@
-"""Triplet miners: all valid triplets, and one triplet per anchor by a positive/negative rule."""
+"""One triplet per anchor, chosen by a positive rule then a negative rule (the base of the
+batch-hard, EPHN, SCT semi-hard and random-negative miners)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,6 @@ from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
 
 PositiveRule = Literal["hardest", "easiest", "random"]
 NegativeRule = Literal["hardest", "semihard", "random"]
-
-
-class AllTripletsMiner(TripletMiner):
-    """Every valid triplet ``(a, p, n)``: ``y_a = y_p``, ``a != p``, ``y_n != y_a``.
-
-    Returned in lexicographic order of ``(a, p, n)``; memory is O(B^3) booleans.
-    """
-
-    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets:
-        positive, negative = label_masks(labels)
-        a, p, n = (positive[:, :, None] & negative[:, None, :]).nonzero(as_tuple=True)
-        return a, p, n
 
 
 class PerAnchorTripletMiner(TripletMiner):
@@ -80,44 +69,3 @@ class PerAnchorTripletMiner(TripletMiner):
             f"{type(self).__name__}(positive={self.positive!r}, negative={self.negative!r}, "
             f"distance={self.distance}, exclude_duplicates={self.exclude_duplicates})"
         )
-
-
-class BatchHardMiner(PerAnchorTripletMiner):
-    """Batch-hard mining (Hermans et al. 2017): hardest positive and hardest negative per anchor."""
-
-    def __init__(self, distance: str | Distance = "cosine", exclude_duplicates: bool = False):
-        super().__init__("hardest", "hardest", distance, exclude_duplicates)
-
-
-class EasyPositiveHardNegativeMiner(PerAnchorTripletMiner):
-    """EPHN (Xuan et al. WACV 2020; the SCT paper's selection): per anchor the closest positive
-    and the closest negative."""
-
-    def __init__(self, distance: str | Distance = "cosine", exclude_duplicates: bool = False):
-        super().__init__("easiest", "hardest", distance, exclude_duplicates)
-
-
-class SemiHardNegativeMiner(PerAnchorTripletMiner):
-    """SCT-repository semi-hard: per anchor the ``positive`` rule (default the closest positive),
-    then the closest negative with c(a, n) <= c(a, p)."""
-
-    def __init__(
-        self,
-        distance: str | Distance = "cosine",
-        exclude_duplicates: bool = False,
-        positive: PositiveRule = "easiest",
-    ) -> None:
-        super().__init__(positive, "semihard", distance, exclude_duplicates)
-
-
-class RandomNegativeMiner(PerAnchorTripletMiner):
-    """Per anchor the ``positive`` rule (default the closest positive) and a negative drawn
-    uniformly among the anchor's negatives (``torch`` global RNG)."""
-
-    def __init__(
-        self,
-        distance: str | Distance = "cosine",
-        exclude_duplicates: bool = False,
-        positive: PositiveRule = "easiest",
-    ) -> None:
-        super().__init__(positive, "random", distance, exclude_duplicates)

@@ -1,4 +1,6 @@
-"""Pair miners: all pairs, and multi-similarity pair mining (Wang et al. CVPR 2019)."""
+"""Multi-similarity pair mining (Wang et al., "Multi-Similarity Loss with General Pair Weighting
+for Deep Metric Learning", CVPR 2019, the mining step). The rule is :func:`ms_pair_masks`, shared
+with the LoOp multi-similarity loss."""
 
 from __future__ import annotations
 
@@ -10,12 +12,18 @@ from dml.distances import Distance
 from dml.miners.base import PairMiner, Pairs, label_masks
 
 
-class AllPairsMiner(PairMiner):
-    """Every positive pair (same label, ``a != p``) and every negative pair (other label)."""
+def ms_pair_masks(close: Tensor, positive: Tensor, negative: Tensor,
+                  epsilon: float) -> tuple[Tensor, Tensor]:
+    """The multi-similarity mining rule on a closeness matrix (rows: anchors):
 
-    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
-        positive, negative = label_masks(labels)
-        return (*positive.nonzero(as_tuple=True), *negative.nonzero(as_tuple=True))
+        keep negative (i, j)  iff  c_ij + epsilon > min_{k in P_i} c_ik
+        keep positive (i, j)  iff  c_ij - epsilon < max_{k in N_i} c_ik
+
+    Returns the ``(positive, negative)`` masks of the kept pairs; an anchor without positives
+    keeps no negative and vice versa."""
+    hardest_pos = close.masked_fill(~positive, torch.inf).amin(dim=1, keepdim=True)
+    hardest_neg = close.masked_fill(~negative, -torch.inf).amax(dim=1, keepdim=True)
+    return positive & (close - epsilon < hardest_neg), negative & (close + epsilon > hardest_pos)
 
 
 class MultiSimilarityMiner(PairMiner):
@@ -34,12 +42,9 @@ class MultiSimilarityMiner(PairMiner):
         self.epsilon = epsilon
 
     def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
-        close = self.distance.closeness(matrix)
-        positive, negative = label_masks(labels)
-        hardest_pos = close.masked_fill(~positive, torch.inf).amin(dim=1, keepdim=True)
-        hardest_neg = close.masked_fill(~negative, -torch.inf).amax(dim=1, keepdim=True)
-        keep_neg = negative & (close + self.epsilon > hardest_pos)
-        keep_pos = positive & (close - self.epsilon < hardest_neg)
+        keep_pos, keep_neg = ms_pair_masks(
+            self.distance.closeness(matrix), *label_masks(labels), self.epsilon
+        )
         return (*keep_pos.nonzero(as_tuple=True), *keep_neg.nonzero(as_tuple=True))
 
     def __repr__(self) -> str:

@@ -1,0 +1,15 @@
+"""All positive and negative pairs of a batch."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dml.miners.base import PairMiner, Pairs, label_masks
+
+
+class AllPairsMiner(PairMiner):
+    """Every positive pair (same label, ``a != p``) and every negative pair (other label)."""
+
+    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
+        positive, negative = label_masks(labels)
+        return (*positive.nonzero(as_tuple=True), *negative.nonzero(as_tuple=True))
