@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
 T = TypeVar("T")
 
 
-def rank_and_world_size() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one."""
+def rank_and_world_size(trainer: Trainer | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: of ``trainer`` when one is given (Lightning's global rank and world
+    size, known before its process group starts), else of the default process group; ``(0, 1)``
+    with neither."""
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

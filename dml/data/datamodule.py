@@ -15,6 +15,7 @@ from dml.data.dataset import DMLDataset
 from dml.data.records import Record
 from dml.data.sampler import PKBatchSampler
 from dml.data.source import DatasetSource
+from dml.distributed import rank_and_world_size
 from dml.errors import ConfigError, DatasetError
 
 EVAL_SPLITS = ("val", "test", "query", "gallery")
@@ -152,20 +153,15 @@ class DMLDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def _rank_and_world_size(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_and_world_size()
+        rank, world = rank_and_world_size(self.trainer)
         sampler = PKBatchSampler(
             self.datasets["train"].labels, self.batch_p, self.batch_k, self.seed, rank, world
         )
         return self._loader(self.datasets["train"], batch_sampler=sampler)
 
     def _eval_loader(self, dataset: DMLDataset) -> DataLoader:
-        rank, world = self._rank_and_world_size()
+        rank, world = rank_and_world_size(self.trainer)
         sampler = None
         if world > 1:  # Lightning's automatic sampler is off (use_distributed_sampler: false)
             sampler = DistributedSampler(dataset, world, rank, shuffle=False, drop_last=False)
