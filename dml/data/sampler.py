@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 from dml.errors import DatasetError
+from dml.seeding import epoch_seed
 
 
 class PKBatchSampler(Sampler[list[int]]):
@@ -93,7 +94,7 @@ class PKBatchSampler(Sampler[list[int]]):
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         chunks = self._chunks(g)
         remaining = torch.tensor([len(c) for c in chunks], dtype=torch.float)
         for _ in range(self.num_batches):

@@ -22,6 +22,7 @@ from dml.errors import ConfigError, DivergenceError
 from dml.eval import nmi, retrieval_metrics
 from dml.eval.retrieval import positive_ks
 from dml.models.backbone import EmbeddingNet
+from dml.seeding import epoch_seed
 
 DIVERGENCE_FIX = "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs"
 
@@ -83,7 +84,7 @@ class DMLModule(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        L.seed_everything(self.seed * 1_000_003 + self.current_epoch, workers=True, verbose=False)
+        L.seed_everything(epoch_seed(self.seed, self.current_epoch), workers=True, verbose=False)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         embeddings, y = self.net(batch[0]), batch[1]
