@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.losses.base import PairLoss, Reduction, check_reduction, reduce_terms
+from dml.losses.terms import contrastive_hinges
 from dml.miners.base import PairMiner
 
 
@@ -44,9 +44,9 @@ class ContrastiveLoss(PairLoss):
     def pair_loss(
         self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
     ) -> tuple[Tensor, Tensor]:
-        close = self.distance.closeness
-        pos = F.relu(close(self.pos_margin) - close(matrix[a1, p]))
-        neg = F.relu(close(matrix[a2, n]) - close(self.neg_margin))
+        far = self.distance.farness  # the hinges in distance form (-S for a similarity)
+        pos, neg = contrastive_hinges(far(matrix[a1, p]), far(self.pos_margin),
+                                      far(matrix[a2, n]), far(self.neg_margin))
         loss = reduce_terms(pos, self.reduction) if pos.numel() else matrix.sum() * 0
         if neg.numel():
             loss = loss + reduce_terms(neg, self.reduction)

@@ -7,15 +7,9 @@ from torch import Tensor
 
 from dml.config_checks import check_range
 from dml.losses.base import PairLoss
+from dml.losses.terms import log1p_sum_exp
 from dml.miners.base import PairMiner
 from dml.miners.multisimilarity import MultiSimilarityMiner
-
-
-def log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
-    """Per row ``log(1 + Σ_{j: mask_ij} exp(x_ij))``, computed stably (0 for empty rows)."""
-    masked = x.masked_fill(~mask, float("-inf"))
-    zeros = x.new_zeros(x.shape[0], 1)
-    return torch.logsumexp(torch.cat([masked, zeros], dim=1), dim=1)
 
 
 def check_ms_parameters(alpha: float, beta: float, base: float) -> None:

@@ -12,18 +12,21 @@ from dml.distances import Distance
 from dml.miners.base import PairMiner, Pairs, label_masks
 
 
-def ms_pair_masks(close: Tensor, positive: Tensor, negative: Tensor,
+def ms_pair_masks(pos_close: Tensor, positive: Tensor, neg_close: Tensor, negative: Tensor,
                   epsilon: float) -> tuple[Tensor, Tensor]:
-    """The multi-similarity mining rule on a closeness matrix (rows: anchors):
+    """The multi-similarity mining rule; row ``i`` is an anchor, ``pos_close`` / ``neg_close``
+    the closeness of its candidate positives / negatives (where ``positive`` / ``negative``):
 
         keep negative (i, j)  iff  c_ij + epsilon > min_{k in P_i} c_ik
         keep positive (i, j)  iff  c_ij - epsilon < max_{k in N_i} c_ik
 
     Returns the ``(positive, negative)`` masks of the kept pairs; an anchor without positives
-    keeps no negative and vice versa."""
-    hardest_pos = close.masked_fill(~positive, torch.inf).amin(dim=1, keepdim=True)
-    hardest_neg = close.masked_fill(~negative, -torch.inf).amax(dim=1, keepdim=True)
-    return positive & (close - epsilon < hardest_neg), negative & (close + epsilon > hardest_pos)
+    keeps no negative and vice versa. The miner passes one B×B matrix for both; the LoOp loss
+    a positive pair's own cosine and its LoOp negatives."""
+    hardest_pos = pos_close.masked_fill(~positive, torch.inf).amin(dim=1, keepdim=True)
+    hardest_neg = neg_close.masked_fill(~negative, -torch.inf).amax(dim=1, keepdim=True)
+    return (positive & (pos_close - epsilon < hardest_neg),
+            negative & (neg_close + epsilon > hardest_pos))
 
 
 class MultiSimilarityMiner(PairMiner):
@@ -42,9 +45,9 @@ class MultiSimilarityMiner(PairMiner):
         self.epsilon = epsilon
 
     def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
-        keep_pos, keep_neg = ms_pair_masks(
-            self.distance.closeness(matrix), *label_masks(labels), self.epsilon
-        )
+        close = self.distance.closeness(matrix)
+        positive, negative = label_masks(labels)
+        keep_pos, keep_neg = ms_pair_masks(close, positive, close, negative, self.epsilon)
         return (*keep_pos.nonzero(as_tuple=True), *keep_neg.nonzero(as_tuple=True))
 
     def __repr__(self) -> str:
