@@ -12,30 +12,23 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+from dml.report.diagrams import draw_triplet_diagram
 
 _RANGE = (-1.0, 1.0)
 
 
 def render_triplet_diagram(hist: np.ndarray, edges: np.ndarray, title: str) -> Figure:
     """Figure of a 2-D histogram ``hist[i, j]`` = number of triplets with S_an in bin i and S_ap
-    in bin j (x = S_an, y = S_ap, log colour scale, the diagonal S_an = S_ap drawn: triplets
-    right of it are hard, S_an > S_ap). Rendered with the Agg canvas, no global backend change."""
+    in bin j, drawn by :func:`dml.report.diagrams.draw_triplet_diagram` (x = S_an, y = S_ap, log
+    colour scale, the diagonal S_an = S_ap: triplets right of it are hard, S_an > S_ap), with
+    axis labels, ``title``, legend and colour bar. Rendered with the Agg canvas, no global
+    backend change."""
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    counts = np.ma.masked_equal(hist.T, 0)
-    image = ax.imshow(
-        counts,
-        origin="lower",
-        extent=(edges[0], edges[-1], edges[0], edges[-1]),
-        norm=LogNorm(vmin=1, vmax=max(float(hist.max()), 1.0)),
-        cmap="viridis",
-        aspect="equal",
-        interpolation="nearest",
-    )
-    ax.plot(_RANGE, _RANGE, color="red", linewidth=1, label="S_an = S_ap")
+    image = draw_triplet_diagram(ax, hist, edges)
     ax.set(xlabel="S_an (anchor-negative cosine)", ylabel="S_ap (anchor-positive cosine)")
     ax.set_title(f"{title} — {int(hist.sum())} triplets")
     ax.legend(loc="lower right", fontsize="small")

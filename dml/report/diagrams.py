@@ -1,5 +1,6 @@
 """Triplet diagrams saved by :class:`dml.callbacks.triplet_diagram.TripletDiagram`, read back from
-run directories and laid out side by side (strategies × epochs)."""
+run directories and laid out side by side (strategies × epochs); :func:`draw_triplet_diagram`
+draws one histogram, for these grids and for the callback's own figure of an epoch."""
 
 from __future__ import annotations
 
@@ -8,11 +9,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from dml.report.table import Cell
+
+
+def draw_triplet_diagram(
+    ax: Axes,
+    hist: np.ndarray,
+    edges: np.ndarray,
+    norm: Normalize | None = None,
+    linewidth: float = 1.0,
+) -> AxesImage:
+    """Draw on ``ax`` the 2-D histogram ``hist[i, j]`` = number of triplets with S_an in bin i and
+    S_ap in bin j (bin edges ``edges`` on both axes): x = S_an, y = S_ap, empty bins blank, colour
+    scale ``norm`` (default: logarithmic from 1 to the largest count), and the diagonal
+    S_an = S_ap in red, ``linewidth`` wide, labelled for a legend (triplets right of it are hard,
+    S_an > S_ap). Returns the image, for a colour bar."""
+    if norm is None:
+        norm = LogNorm(vmin=1, vmax=max(float(hist.max()), 1.0))
+    image = ax.imshow(
+        np.ma.masked_equal(hist.T, 0),
+        origin="lower",
+        extent=(edges[0], edges[-1], edges[0], edges[-1]),
+        norm=norm,
+        cmap="viridis",
+        aspect="equal",
+        interpolation="nearest",
+    )
+    span = (edges[0], edges[-1])
+    ax.plot(span, span, color="red", linewidth=linewidth, label="S_an = S_ap")
+    return image
 
 
 @dataclass(frozen=True)
@@ -67,12 +98,9 @@ def diagram_grid(rows: Mapping[str, Sequence[SavedDiagram]]) -> Figure:
             ax = axes[r, c]
             d = by_epoch.get(epoch)
             if d is not None:
-                image = ax.imshow(
-                    np.ma.masked_equal(d.hist.T, 0), origin="lower", norm=norm, cmap="viridis",
-                    extent=(d.edges[0], d.edges[-1], d.edges[0], d.edges[-1]), aspect="equal",
-                    interpolation="nearest",
-                )
-            ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8, zorder=0)
+                image = draw_triplet_diagram(ax, d.hist, d.edges, norm, linewidth=0.8)
+            else:  # no diagram of this epoch: the diagonal alone
+                ax.plot((-1, 1), (-1, 1), color="red", linewidth=0.8)
             title = f"{label}\nepoch {epoch}"
             if d is not None and d.hist.any():
                 centres = (d.edges[:-1] + d.edges[1:]) / 2
