@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dml import distributed
+from dml import launch
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SBATCH = """#!/bin/sh
@@ -113,7 +113,7 @@ def test_every_job_of_the_docs_sweep_composes_for_ddp_and_wandb(submitted, hydra
         cfg = compose_job(job)
         world = cfg.trainer.devices * cfg.trainer.num_nodes
         assert world == int(options["ntasks-per-node"]) * int(options["nodes"])
-        assert cfg.trainer.strategy._target_ == "dml.distributed.job_ddp_strategy"
+        assert cfg.trainer.strategy._target_ == "dml.launch.job_ddp_strategy"
         assert cfg.data.batch_p % world == 0, "the P×K sampler needs P divisible by the ranks"
         assert cfg.module.cross_rank_mining is True
         choice = cfg.hydra.runtime.choices.loss
@@ -133,7 +133,7 @@ def test_slurm_launcher_takes_gpus_and_nodes_from_the_trainer(hydra_runtime):
 
 
 def test_ddp_trainer_configs(hydra_runtime, monkeypatch):
-    monkeypatch.setattr(distributed, "_launch_state", None)
+    monkeypatch.setattr(launch, "_launch_state", None)
     gpu = compose_job(["trainer=ddp"]).trainer
     assert gpu.accelerator == "gpu" and gpu.sync_batchnorm and not gpu.use_distributed_sampler
     cfg = compose_job(["trainer=ddp_cpu", "trainer.devices=3"])
@@ -153,13 +153,13 @@ def set_multirun_job(task: list[str], output_dir: str) -> DictConfig:
 
 
 def test_each_multirun_job_starts_a_fresh_ddp_group(hydra_runtime, monkeypatch, tmp_path):
-    monkeypatch.setattr(distributed, "_launch_state", None)
+    monkeypatch.setattr(launch, "_launch_state", None)
     for key in RENDEZVOUS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(sys, "argv", ["dml-train", "-m", "-cn", "config", "loss=sct,nca_hardest",
                                       "seed=0,1"])
     set_multirun_job(["loss=sct", "seed=0"], "/sweep/0")
-    distributed.start_job()
+    launch.start_job()
     # Lightning's workers re-run sys.argv + hydra.run.dir: now this job, not the whole sweep.
     assert sys.argv == ["dml-train", "--config-name=config", "loss=sct", "seed=0"]
     assert HydraConfig.get().run.dir == "/sweep/0"
@@ -168,7 +168,7 @@ def test_each_multirun_job_starts_a_fresh_ddp_group(hydra_runtime, monkeypatch, 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     set_multirun_job(["loss=nca_hardest", "seed=1"], "/sweep/3")
-    distributed.start_job()
+    launch.start_job()
     assert not dist.is_initialized()
     assert not set(RENDEZVOUS) & set(os.environ)  # a new free port, new worker processes
     assert sys.argv == ["dml-train", "--config-name=config", "loss=nca_hardest", "seed=1"]
@@ -176,12 +176,12 @@ def test_each_multirun_job_starts_a_fresh_ddp_group(hydra_runtime, monkeypatch, 
 
 
 def test_a_launched_worker_keeps_its_rendezvous_and_arguments(hydra_runtime, monkeypatch):
-    monkeypatch.setattr(distributed, "_launch_state", None)
+    monkeypatch.setattr(launch, "_launch_state", None)
     worker = {**RENDEZVOUS, "LOCAL_RANK": "1"}
     for key, value in worker.items():
         monkeypatch.setenv(key, value)
     argv = ["dml-train", "loss=sct", "hydra.run.dir=/sweep/0"]
     monkeypatch.setattr(sys, "argv", list(argv))
     compose_job([])  # a single run (the worker's own Hydra mode), not a multirun
-    distributed.start_job()
+    launch.start_job()
     assert {k: os.environ[k] for k in worker} == worker and sys.argv == argv
