@@ -32,9 +32,15 @@ def build_module(cfg: DictConfig) -> DMLModule:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"optimizer: {e} (check the optimizer.* values)") from None
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    loss = instantiate(cfg.loss)
+    if not isinstance(loss, DMLLoss):
+        raise ConfigError(
+            f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
+            "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
+        )
     return DMLModule(
         net=instantiate(cfg.model),
-        loss=instantiate(cfg.loss),
+        loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,
         seed=cfg.seed,

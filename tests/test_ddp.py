@@ -36,7 +36,7 @@ from dml.distributed import (
     gather_in_dataset_order,
     rank_and_world_size,
 )
-from dml.losses import MarginTripletLoss, SCTLoss
+from dml.losses import DMLLoss, MarginTripletLoss, SCTLoss
 from dml.losses.loop import LoOpTripletLoss
 from dml.miners import BatchHardMiner
 from dml.models import DMLModule
@@ -46,17 +46,17 @@ P, K, SEED = 4, 3, 7  # the global batch: P classes × K images, split by class 
 DIM_IN, DIM = 8, 6
 
 
-class LearnedScale(nn.Module):
+class LearnedScale(DMLLoss):
     """``s · L(e, y)`` with a learned ``s``: a loss with parameters of its own, whose gradient
     DDP must not multiply by the world size."""
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: DMLLoss) -> None:
         super().__init__()
         self.base = base
         self.scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.base(embeddings, labels)
+    def compute(self, embeddings, labels, out, indices=None) -> torch.Tensor:
+        return self.scale * self.base.compute(embeddings, labels, out, indices)
 
 
 def batch_hard() -> MarginTripletLoss:
@@ -119,7 +119,7 @@ def first_batch(labels: torch.Tensor, rank: int = 0, world: int = 1) -> list[int
 
 
 def loss_and_grads(module: nn.Module, *batch: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
-    loss = module(*batch)
+    loss = module(*batch)["loss"]  # training_step's outputs
     loss.backward()
     params = module.module.parameters()
     return loss.item(), [p.grad.detach().clone() for p in params]
@@ -153,7 +153,7 @@ class NumTriplets(Callback):
         self.counts: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.counts.append(int(pl_module.loss.stats["num_triplets"]))
+        self.counts.append(len(outputs["triplet_similarities"][0]))
 
 
 def diagram_run(world_size: int, cross: bool, root: Path) -> tuple[float | None, list[int]]:

@@ -52,7 +52,7 @@ def hydra_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 def docs_slurm_command() -> list[str]:
     text = (REPO / "docs" / "cluster.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
-    (command,) = [b for b in blocks if "hydra/launcher=slurm" in b]
+    (command,) = [b for b in blocks if "hydra/launcher=slurm" in b and "search=" not in b]
     return shlex.split(command.replace("\\\n", " "))
 
 

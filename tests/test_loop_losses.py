@@ -277,12 +277,13 @@ def test_endpoints_only_triplet_is_batch_hard_over_paired_samples() -> None:
 def test_triplet_statistics() -> None:
     x, labels = batch("singletons", seed=4)
     loss = LoOpTripletLoss(margin=0.3)
-    value = loss(x, labels)
+    out = loss.result(x, labels)
+    value = out.value
     _, s_ap, s_an = ref_triplet(F.normalize(x, dim=1), labels.tolist(), 0.3, "mean", False)
-    got_ap, got_an = loss.triplet_similarities
+    got_ap, got_an = out.triplet_similarities
     torch.testing.assert_close(got_ap, torch.stack(s_ap).float(), atol=1e-6, rtol=0)
     torch.testing.assert_close(got_an, torch.stack(s_an).float(), atol=1e-6, rtol=0)
-    stats = loss.stats
+    stats = out.stats
     assert float(stats["num_triplets"]) == len(s_ap) == 3 + 1 + 6
     assert float(stats["hard_fraction"]) == pytest.approx(
         float((torch.stack(s_an) > torch.stack(s_ap)).double().mean())
@@ -303,24 +304,23 @@ def test_pair_statistics() -> None:
         if labels[pairs[a][0]] != labels[pairs[b][0]]
     ]
     loss = LoOpContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
-    loss(x, labels)
-    assert loss.triplet_similarities is None
-    assert float(loss.stats["mean_s_ap"]) == pytest.approx(sum(s_ap) / len(s_ap), abs=1e-6)
-    assert float(loss.stats["mean_s_an"]) == pytest.approx(sum(s_an) / len(s_an), abs=1e-6)
+    out = loss.result(x, labels)
+    assert out.triplet_similarities is None
+    assert float(out.stats["mean_s_ap"]) == pytest.approx(sum(s_ap) / len(s_ap), abs=1e-6)
+    assert float(out.stats["mean_s_an"]) == pytest.approx(sum(s_an) / len(s_an), abs=1e-6)
     # contrastive: every positive pair with d > 0 is active, negatives when D* < 1.
     distances = [(2 - 2 * s) ** 0.5 for s in s_an]
     active = len(s_ap) + sum(d < 1.0 for d in distances)
     expected = active / (len(s_ap) + len(s_an))
-    assert float(loss.stats["active_fraction"]) == pytest.approx(expected)
+    assert float(out.stats["active_fraction"]) == pytest.approx(expected)
 
 
 def test_batch_without_tuples_records_nan_statistics() -> None:
     x, labels = batch("one_class_with_pairs")
     for make, _ in CASES.values():
-        loss = make()
-        loss(x, labels)
-        assert torch.isnan(loss.stats["active_fraction"])
-        assert torch.isnan(loss.stats["mean_s_an"])
+        out = make().result(x, labels)
+        assert torch.isnan(out.stats["active_fraction"])
+        assert torch.isnan(out.stats["mean_s_an"])
 
 
 @pytest.mark.parametrize("name", ["loop_triplet", "loop_contrastive", "loop_multisimilarity",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,11 +301,12 @@ def test_no_valid_tuple_returns_a_differentiable_zero(name: str) -> None:
     if not name.startswith("contrastive"):  # its negative pairs still count
         value = loss(x.clone().requires_grad_(), labels)
         assert value.item() == 0 and value.requires_grad
-    value = loss(x[:1].clone().requires_grad_(), labels[:1])
+    out = loss.result(x[:1].clone().requires_grad_(), labels[:1])
+    value = out.value
     assert value.item() == 0 and value.requires_grad
     if name.startswith(("batchhard", "facenet", "all", "nca", "sct")):
-        assert loss.stats["num_triplets"].item() == 0
-        assert loss.triplet_similarities is not None and loss.triplet_similarities[0].numel() == 0
+        assert out.stats["num_triplets"].item() == 0
+        assert out.triplet_similarities is not None and out.triplet_similarities[0].numel() == 0
 
 
 @pytest.mark.parametrize("kind", ["random", "ties", "singleton"])
@@ -313,15 +315,16 @@ def test_triplet_statistics(name: str, kind: str) -> None:
     make_loss, _ = TRIPLET_CASES[name]
     x, labels = make_batch(kind, 0)
     loss = make_loss()
-    value = loss(x, labels)
+    out = loss.result(x, labels)
+    value = out.value
     lab = labels.tolist()
-    s_ap, s_an = loss.triplet_similarities
+    s_ap, s_an = out.triplet_similarities
     triplets = list(zip(*(t.tolist() for t in loss.miner(x, labels)), strict=True))
     if name.startswith(("nca", "sct")):
         triplets = valid_cosine(x, triplets)
     assert s_ap.tolist() == pytest.approx([m("cosine", x, a, p).item() for a, p, _ in triplets])
     assert s_an.tolist() == pytest.approx([m("cosine", x, a, n).item() for a, _, n in triplets])
-    stats = loss.stats
+    stats = out.stats
     hard = [m("cosine", x, a, n).item() > m("cosine", x, a, p).item() for a, p, n in triplets]
     assert stats["hard_fraction"].item() == pytest.approx(sum(hard) / len(hard))
     assert stats["mean_s_ap"].item() == pytest.approx(s_ap.mean().item())
@@ -337,10 +340,10 @@ def test_triplet_statistics(name: str, kind: str) -> None:
 def test_margin_active_fraction_counts_violations() -> None:
     x, labels = make_batch("random", 0)
     loss = MarginTripletLoss(0.05, BatchHardMiner("cosine"), "cosine")
-    loss(x, labels)
+    out = loss.result(x, labels)
     triplets = ref_per_anchor(x, labels.tolist(), "cosine", "hardest", "hardest")
     active = [c("cosine", x, a, n) - c("cosine", x, a, p) + 0.05 > 0 for a, p, n in triplets]
-    assert loss.stats["active_fraction"].item() == pytest.approx(sum(active) / len(active))
+    assert out.stats["active_fraction"].item() == pytest.approx(sum(active) / len(active))
 
 
 @pytest.mark.parametrize("name", list(PAIR_CASES))
@@ -348,14 +351,15 @@ def test_pair_statistics(name: str) -> None:
     make_loss, _ = PAIR_CASES[name]
     x, labels = make_batch("random", 0)
     loss = make_loss()
-    loss(x, labels)
+    out = loss.result(x, labels)
     a1, p, a2, n = loss.miner(x, labels)
+    assert [t.tolist() for t in out.tuples] == [t.tolist() for t in (a1, p, a2, n)]
     s_ap = [m("cosine", x, i, j).item() for i, j in zip(a1.tolist(), p.tolist(), strict=True)]
     s_an = [m("cosine", x, i, j).item() for i, j in zip(a2.tolist(), n.tolist(), strict=True)]
-    assert loss.stats["mean_s_ap"].item() == pytest.approx(sum(s_ap) / len(s_ap))
-    assert loss.stats["mean_s_an"].item() == pytest.approx(sum(s_an) / len(s_an))
-    assert 0 < loss.stats["active_fraction"].item() <= 1
-    assert loss.triplet_similarities is None and "hard_fraction" not in loss.stats
+    assert out.stats["mean_s_ap"].item() == pytest.approx(sum(s_ap) / len(s_ap))
+    assert out.stats["mean_s_an"].item() == pytest.approx(sum(s_an) / len(s_an))
+    assert 0 < out.stats["active_fraction"].item() <= 1
+    assert out.triplet_similarities is None and "hard_fraction" not in out.stats
 
 
 def test_sct_hard_rule_ties_and_threshold() -> None:
@@ -396,9 +400,9 @@ def test_sct_and_nca_drop_invalid_and_duplicate_positives() -> None:
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 0, 1])
     loss = SCTLoss()
-    loss(x, labels)
-    assert loss.stats["num_triplets"].item() == 3
-    s_ap, _ = loss.triplet_similarities
+    out = loss.result(x, labels)
+    assert out.stats["num_triplets"].item() == 3
+    s_ap, _ = out.triplet_similarities
     assert s_ap.tolist() == pytest.approx([0.6, 0.6, 0.6])
     # all-identical embeddings: every similarity is 1 -> nothing valid, a differentiable zero
     ones = torch.ones(4, 3, requires_grad=True)
@@ -443,3 +447,77 @@ def test_random_negative_miner_feeds_any_triplet_loss() -> None:
             got = loss_cls(1.0, 0.1, 0.8, RandomNegativeMiner("cosine"))(x, labels)
             want = ref_sct(x, triplets, 1.0, 0.1, 0.8)
         torch.testing.assert_close(got, want)
+
+
+# -- one path from embeddings to tuples -----------------------------------------------------------
+LOSS_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "loss")
+                      .glob("*.yaml") if p.stem != "pml")
+
+
+def counting_pairwise(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every B×B matrix a distance builds (class name per call)."""
+    from dml import distances
+
+    calls: list[str] = []
+    for cls in (distances.CosineSimilarity, distances.EuclideanDistance):
+        original = cls.pairwise
+
+        def pairwise(self, *args, _original=original, **kwargs):
+            calls.append(type(self).__name__)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "pairwise", pairwise)
+    return calls
+
+
+@pytest.mark.parametrize("name", LOSS_CONFIGS)
+def test_a_loss_builds_its_matrix_once_when_its_miner_shares_the_measure(name, monkeypatch):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    loss = instantiate(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "loss" /
+                                      f"{name}.yaml"))
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(32, 16), dim=1).requires_grad_()
+    labels = torch.arange(8).repeat_interleave(4)
+    calls = counting_pairwise(monkeypatch)
+    loss.result(x, labels).value.backward()
+    assert len(calls) == 1, calls
+
+
+def test_a_miner_in_another_measure_mines_on_its_own_matrix(monkeypatch):
+    x, labels = make_batch("random", 0)
+    loss = MarginTripletLoss(0.2, BatchHardMiner("cosine"), "euclidean")
+    calls = counting_pairwise(monkeypatch)
+    out = loss.result(x, labels)
+    assert calls == ["EuclideanDistance", "CosineSimilarity"]
+    a, p, n = out.tuples
+    want = ref_per_anchor(x, labels.tolist(), "cosine", "hardest", "hardest")
+    assert list(zip(a.tolist(), p.tolist(), n.tolist(), strict=True)) == want
+
+
+@pytest.mark.parametrize("name", list(TRIPLET_CASES) + list(PAIR_CASES))
+def test_tuples_mined_elsewhere_plug_in_through_indices(name):
+    cases = {**TRIPLET_CASES, **PAIR_CASES}
+    make_loss, _ = cases[name]
+    x, labels = make_batch("random", 0)
+    loss = make_loss()
+    mined = loss.result(x, labels)
+    given = loss.result(x, labels, indices=mined.tuples)  # the same tuples, given from outside
+    assert given.value.item() == pytest.approx(mined.value.item(), rel=1e-12)
+    # a subset of them (e.g. from a memory or another rank) replaces the miner: the same value
+    # as a miner that returns that subset, and not the value of all the mined tuples
+    half = tuple(t[: max(1, len(t) // 2)] for t in mined.tuples)
+
+    class Fixed:
+        distance = loss.miner.distance
+
+        def mine(self, matrix, labels):
+            return half
+
+        __call__ = mine
+
+    plugged = loss.result(x, labels, indices=half)
+    loss.miner = Fixed()
+    assert plugged.value.item() == pytest.approx(loss.result(x, labels).value.item(), rel=1e-12)
+    assert plugged.value.item() != pytest.approx(mined.value.item(), rel=1e-6)

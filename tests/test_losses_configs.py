@@ -52,10 +52,10 @@ def test_config_builds_documented_loss(name: str) -> None:
     loss = load(name)
     assert type(loss) is loss_cls and type(loss.miner) is miner_cls
     x, labels = unit_batch()
-    value = loss(x.requires_grad_(), labels)
-    value.backward()
-    assert torch.isfinite(value) and x.grad.abs().sum() > 0
-    assert "mean_pairwise_sim" in loss.stats
+    out = loss.result(x.requires_grad_(), labels)
+    out.value.backward()
+    assert torch.isfinite(out.value) and x.grad.abs().sum() > 0
+    assert "mean_pairwise_sim" in out.stats
 
 
 def test_paper_defaults() -> None:

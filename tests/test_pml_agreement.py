@@ -127,9 +127,10 @@ def test_pml_bridge_equals_direct_pml_call() -> None:
     x, labels = batch(4)
     direct = losses.TripletMarginLoss(margin=0.1)
     want = direct(x, labels, miners.BatchHardMiner()(x, labels))
-    assert loss(x, labels).item() == pytest.approx(want.item())
-    s_ap, _ = loss.triplet_similarities
-    assert len(s_ap) == len(x) and loss.stats["hard_fraction"].item() >= 0
+    out = loss.result(x, labels)
+    assert out.value.item() == pytest.approx(want.item())
+    s_ap, _ = out.triplet_similarities
+    assert len(s_ap) == len(x) and out.stats["hard_fraction"].item() >= 0
 
 
 def test_pml_bridge_from_config() -> None:
@@ -141,5 +142,6 @@ def test_pml_bridge_from_config() -> None:
     loss = instantiate(cfg)
     x, labels = batch(5)
     want = losses.CircleLoss(m=0.4, gamma=80)(x, labels, miners.MultiSimilarityMiner()(x, labels))
-    assert loss(x, labels).item() == pytest.approx(want.item())
-    assert loss.triplet_similarities is None and "mean_pairwise_sim" in loss.stats
+    out = loss.result(x, labels)
+    assert out.value.item() == pytest.approx(want.item())
+    assert out.triplet_similarities is None and "mean_pairwise_sim" in out.stats

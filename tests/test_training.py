@@ -12,6 +12,7 @@ from PIL import Image
 import dml
 from dml.cli.train import resume_argv
 from dml.data import DatasetError
+from dml.losses import DMLLoss
 from dml.models import ConfigError, NonFiniteLossError
 from dml.training import train
 
@@ -85,14 +86,20 @@ def test_resume_argv_reuses_the_runs_overrides(tmp_path):
     assert resume_argv(["seed=1"]) == ["seed=1"]
 
 
-class NaNLoss(torch.nn.Module):
-    def forward(self, embeddings, labels):
+class NaNLoss(DMLLoss):
+    def compute(self, embeddings, labels, out, indices=None):
         return embeddings.sum() * float("nan")
 
 
 def test_nan_loss_is_caught_and_reported(tmp_path):
     cfg = tiny_config(tmp_path, "~loss", "+loss._target_=tests.test_training.NaNLoss")
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, batch 0"):
+        train(cfg)
+
+
+def test_a_loss_that_is_not_a_dml_loss_is_a_config_error(tmp_path):
+    cfg = tiny_config(tmp_path, "~loss", "+loss._target_=torch.nn.MSELoss")
+    with pytest.raises(ConfigError, match=r"loss\._target_ builds a MSELoss, not a dml\.losses"):
         train(cfg)
 
 

@@ -30,10 +30,10 @@ class ToyModule(LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        value = self.loss(torch.nn.functional.normalize(self.net(x), dim=1), y)
-        s_ap, s_an = self.loss.triplet_similarities
+        out = self.loss.result(torch.nn.functional.normalize(self.net(x), dim=1), y)
+        s_ap, s_an = out.triplet_similarities
         self.seen.setdefault(self.current_epoch, []).append(np.stack([s_an.numpy(), s_ap.numpy()]))
-        return value
+        return {"loss": out.value, "triplet_similarities": out.triplet_similarities}
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -79,9 +79,9 @@ def test_writes_the_configured_epochs_with_the_selected_triplets(tmp_path: Path)
 def test_histogram_axes_are_x_s_an_and_y_s_ap(tmp_path: Path) -> None:
     class Fixed(ToyModule):
         def training_step(self, batch, batch_idx):
-            value = super().training_step(batch, batch_idx)
-            self.loss.triplet_similarities = (torch.tensor([0.55]), torch.tensor([-0.45]))
-            return value
+            outputs = super().training_step(batch, batch_idx)
+            outputs["triplet_similarities"] = (torch.tensor([0.55]), torch.tensor([-0.45]))
+            return outputs
 
     callback = TripletDiagram(bins=4)
     module = Fixed()

@@ -27,6 +27,7 @@ from dml.errors import ConfigError, DatasetError
 from dml.tune.space import check_space, distributions, overrides
 from dml.tune.storage import open_storage
 from dml.tune.study import default_values
+
 from .training_utils import REPO, TINY
 
 SPACES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
@@ -39,7 +40,7 @@ def compose_job(*overrides_: str):
 
 def test_every_loss_has_a_search_space():
     losses = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
-    assert SPACES == losses
+    assert losses == SPACES
 
 
 @pytest.mark.parametrize("name", SPACES)
@@ -199,7 +200,7 @@ def test_folds_are_class_disjoint_cover_every_group_once_and_are_seeded():
     assert sorted(g for f in folds for g in f) == sorted({r.group_key for r in recs})
     assert class_folds(recs, 4, seed=0) == folds
     assert class_folds(recs, 4, seed=1) != folds
-    with pytest.raises(DatasetError, match="data.val_folds=11 folds of 10 training groups"):
+    with pytest.raises(DatasetError, match=r"data\.val_folds=11 folds of 10 training groups"):
         class_folds(recs, 11)
 
 

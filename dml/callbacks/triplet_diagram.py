@@ -45,12 +45,12 @@ def log_image_to_wandb(loggers: Iterable[Logger], path: Path, step: int) -> None
 
 class TripletDiagram(Callback):
     """Accumulates the cosine ``(S_an, S_ap)`` of the triplets the loss selected
-    (``pl_module.loss.triplet_similarities``, read in ``on_train_batch_end``) over the chosen
-    epochs, into a ``bins`` × ``bins`` histogram on [-1, 1]² that counts each triplet of the
-    global batch once. Under DDP with the module's ``cross_rank_mining`` every rank computes the
-    loss on the same global batch and records the same triplets, so rank 0's histogram is the
-    global one; otherwise each rank mines its own shard and the ranks' histograms are summed.
-    At the end of such an epoch rank 0 writes
+    (``triplet_similarities`` of the training step's outputs) over the chosen epochs, into a
+    ``bins`` × ``bins`` histogram on [-1, 1]² that counts each triplet of the global batch once.
+    Under DDP with the module's ``cross_rank_mining`` every rank computes the loss on the same
+    global batch and records the same triplets, so rank 0's histogram is the global one;
+    otherwise each rank mines its own shard and the ranks' histograms are summed. At the end of
+    such an epoch rank 0 writes
     ``<trainer.default_root_dir>/triplet_diagrams/epoch_XXX.png`` (the figure) and
     ``epoch_XXX.npz`` (``hist``, ``edges``, ``epoch``; ``hist[i, j]`` counts S_an in bin i and
     S_ap in bin j), and logs the image to a W&B logger if one is attached.
@@ -73,7 +73,7 @@ class TripletDiagram(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        similarities = getattr(getattr(pl_module, "loss", None), "triplet_similarities", None)
+        similarities = outputs.get("triplet_similarities") if isinstance(outputs, dict) else None
         if self._hist is None or similarities is None:
             return
         s_ap, s_an = (s.detach().float().cpu().numpy() for s in similarities)

@@ -1,9 +1,14 @@
 """Base classes of the losses: the call contract, per-batch statistics and triplet plumbing.
 
-Contract (the LightningModule relies on it): ``loss(embeddings [B, d], labels [B]) -> scalar``;
-afterwards ``loss.stats`` holds detached 0-d tensors and ``loss.triplet_similarities`` the cosine
-``(S_ap, S_an)`` of the triplets used (``None`` for pair losses). A batch without any usable tuple
-returns ``embeddings.sum() * 0``, a zero that still backpropagates.
+Contract: ``loss(embeddings [B, d], labels [B], indices=None) -> scalar``, and
+``loss.result(...)`` -> :class:`LossResult`: the value, the tuples used, their statistics
+(detached 0-d tensors) and the cosine ``(S_ap, S_an)`` of the triplets used (``None`` for pair
+losses); the LightningModule logs from it and callbacks read it from the step's outputs. The loss
+computes its B×B matrix once, in its own measure, and hands it to its miner
+(``miner.mine(matrix, labels)``; a miner with another measure computes its own). ``indices``
+(triplets ``(a, p, n)`` or pairs ``(a1, p, a2, n)`` mined elsewhere: a memory, another rank)
+replaces the miner, as pytorch-metric-learning's ``indices_tuple``. A batch without any usable
+tuple returns ``embeddings.sum() * 0``, a zero that still backpropagates.
 
 Statistics are always measured in cosine similarity, whatever measure the loss or miner uses:
 
@@ -20,6 +25,7 @@ Means over an empty set are NaN.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
@@ -29,7 +35,7 @@ from torch import Tensor, nn
 from dml.config_checks import check_choice
 from dml.distances import CosineSimilarity, Distance, get_distance
 from dml.miners.all_pairs import AllPairsMiner
-from dml.miners.base import PairMiner, TripletMiner
+from dml.miners.base import Miner, PairMiner, Pairs, TripletMiner, Triplets
 
 Reduction = Literal["mean", "mean_nonzero"]
 
@@ -67,32 +73,20 @@ def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
     return (total / max(batch * (batch - 1), 1)).float()
 
 
-class DMLLoss(nn.Module, ABC):
-    """A metric-learning loss ``L(embeddings, labels)`` that records per-batch statistics.
+@dataclass
+class LossResult:
+    """What a loss computed on a batch: ``value`` (the scalar to minimise), ``tuples`` (the
+    indices it used: triplets, pairs, or ``None``), ``stats`` (detached 0-d tensors, logged as
+    ``train/<name>``) and ``triplet_similarities`` (cosine ``(S_ap, S_an)`` of the triplets used,
+    for the triplet diagram; ``None`` for pair losses)."""
 
-    Half-precision embeddings (float16/bfloat16, e.g. under autocast) are promoted to float32
-    before any computation. Subclasses implement :meth:`compute` and add entries to
-    ``self.stats``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stats: dict[str, Tensor] = {}
-        self.triplet_similarities: tuple[Tensor, Tensor] | None = None
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if embeddings.dtype in (torch.float16, torch.bfloat16):
-            embeddings = embeddings.float()  # exp(50 S), ulp-based validity: not in half precision
-        self.stats = {"mean_pairwise_sim": mean_offdiagonal_cosine(embeddings)}
-        self.triplet_similarities = None
-        return self.compute(embeddings, labels)
-
-    @abstractmethod
-    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """The loss value of a batch."""
+    value: Tensor | None = None
+    tuples: Triplets | Pairs | None = None
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    triplet_similarities: tuple[Tensor, Tensor] | None = None
 
     def record_triplets(self, s_ap: Tensor, s_an: Tensor) -> None:
-        """Store the cosine ``(S_ap, S_an)`` of the triplets used and their statistics."""
+        """Keep the cosine ``(S_ap, S_an)`` of the triplets used and their statistics."""
         s_ap, s_an = s_ap.detach(), s_an.detach()
         self.triplet_similarities = (s_ap, s_an)
         self.stats.update(
@@ -103,13 +97,43 @@ class DMLLoss(nn.Module, ABC):
         )
 
 
+class DMLLoss(nn.Module, ABC):
+    """A metric-learning loss ``L(embeddings, labels)`` with per-batch statistics
+    (:class:`LossResult`).
+
+    Half-precision embeddings (float16/bfloat16, e.g. under autocast) are promoted to float32
+    before any computation. Subclasses implement :meth:`compute`, which adds its statistics to
+    the result it is given.
+    """
+
+    def forward(self, embeddings: Tensor, labels: Tensor,
+                indices: Triplets | Pairs | None = None) -> Tensor:
+        return self.result(embeddings, labels, indices).value
+
+    def result(self, embeddings: Tensor, labels: Tensor,
+               indices: Triplets | Pairs | None = None) -> LossResult:
+        """The loss of a batch with its tuples and statistics (``indices``: tuples mined
+        elsewhere instead of the loss's own miner)."""
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()  # exp(50 S), ulp-based validity: not in half precision
+        out = LossResult(stats={"mean_pairwise_sim": mean_offdiagonal_cosine(embeddings)})
+        out.value = self.compute(embeddings, labels, out, indices)
+        return out
+
+    @abstractmethod
+    def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
+                indices: Triplets | Pairs | None = None) -> Tensor:
+        """The loss value of a batch; records the tuples and statistics in ``out``."""
+
+
 class TripletLoss(DMLLoss):
     """Mean of a per-triplet term ``ℓ(m_ap, m_an)`` over the triplets chosen by ``miner``.
 
-    ``m`` is the loss's own measure ``distance`` (the miner may use another one); mining is done
-    without gradient on the miner's B×B matrix, then ``m_ap`` and ``m_an`` are computed for the
-    chosen triplets only. Subclasses implement :meth:`triplet_terms` and may restrict the
-    triplets in :meth:`valid` and change :meth:`reduce`.
+    ``m`` is the loss's own measure ``distance``: its B×B matrix is computed once and the miner
+    mines on it (without gradient) when it shares the measure; a miner with another measure
+    computes its own. ``m_ap`` and ``m_an`` are then read from the matrix. Subclasses implement
+    :meth:`triplet_terms` and may restrict the triplets in :meth:`valid` and change
+    :meth:`reduce`.
     """
 
     def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
@@ -117,22 +141,26 @@ class TripletLoss(DMLLoss):
         self.miner = miner
         self.distance = get_distance(distance, "loss.distance")
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        a, p, n = self.miner(embeddings, labels)
-        m_ap, m_an = self.distance.select(embeddings, [(a, p), (a, n)])
+    def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
+                indices: Triplets | None = None) -> Tensor:
+        matrix = self.distance.pairwise(embeddings)
+        if indices is None:
+            indices = mine(self.miner, self.distance, matrix, embeddings, labels)
+        a, p, n = indices
+        m_ap, m_an = matrix[a, p], matrix[a, n]
         keep = self.valid(m_ap.detach(), m_an.detach())
         if keep is not None:
             a, p, n, m_ap, m_an = a[keep], p[keep], n[keep], m_ap[keep], m_an[keep]
+        out.tuples = (a, p, n)
         if self.distance == _COSINE:
-            self.record_triplets(m_ap, m_an)
+            out.record_triplets(m_ap, m_an)
         else:
-            with torch.no_grad():
-                self.record_triplets(*_COSINE.select(embeddings, [(a, p), (a, n)]))
+            out.record_triplets(*used_cosines(embeddings, [(a, p), (a, n)]))
         if a.numel() == 0:
-            self.stats["active_fraction"] = torch.tensor(float("nan"), device=embeddings.device)
+            out.stats["active_fraction"] = torch.tensor(float("nan"), device=embeddings.device)
             return embeddings.sum() * 0
         terms, active = self.triplet_terms(m_ap, m_an)
-        self.stats["active_fraction"] = mean_or_nan(active)
+        out.stats["active_fraction"] = mean_or_nan(active)
         return self.reduce(terms)
 
     def valid(self, m_ap: Tensor, m_an: Tensor) -> Tensor | None:
@@ -148,6 +176,22 @@ class TripletLoss(DMLLoss):
         """Per-triplet loss terms and the boolean mask of terms with non-zero gradient."""
 
 
+def used_cosines(embeddings: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """Detached cosines of the used index pairs only, ``O(T d)`` (the statistics of a loss in
+    another measure: no second B×B matrix)."""
+    with torch.no_grad():
+        return [_COSINE.paired(embeddings[r], embeddings[c]) for r, c in pairs]
+
+
+def mine(miner: Miner, distance: Distance, matrix: Tensor, embeddings: Tensor,
+         labels: Tensor) -> Triplets | Pairs:
+    """The miner's tuples: on the loss's ``matrix`` (detached) when the miner uses the loss's
+    ``distance``, else from the miner's own matrix."""
+    if miner.distance == distance:
+        return miner.mine(matrix.detach(), labels)
+    return miner(embeddings, labels)
+
+
 class PairLoss(DMLLoss):
     """Loss over the positive pairs ``(a1, p)`` and negative pairs ``(a2, n)`` from ``miner``
     (default: all pairs), in the loss's measure ``distance``. Subclasses implement
@@ -158,23 +202,24 @@ class PairLoss(DMLLoss):
         self.distance = get_distance(distance, "loss.distance")
         self.miner = miner if miner is not None else AllPairsMiner(self.distance)
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
+                indices: Pairs | None = None) -> Tensor:
         matrix = self.distance.pairwise(embeddings)
-        if self.miner.distance == self.distance:
-            a1, p, a2, n = self.miner.mine(matrix.detach(), labels)
-        else:
-            a1, p, a2, n = self.miner(embeddings, labels)
+        if indices is None:
+            indices = mine(self.miner, self.distance, matrix, embeddings, labels)
+        a1, p, a2, n = out.tuples = indices
         with torch.no_grad():
-            cosine = matrix if self.distance == _COSINE else _COSINE.pairwise(embeddings)
-            self.stats.update(
-                mean_s_ap=mean_or_nan(cosine[a1, p]), mean_s_an=mean_or_nan(cosine[a2, n])
-            )
+            if self.distance == _COSINE:
+                s_ap, s_an = matrix[a1, p], matrix[a2, n]
+            else:
+                s_ap, s_an = used_cosines(embeddings, [(a1, p), (a2, n)])
+            out.stats.update(mean_s_ap=mean_or_nan(s_ap), mean_s_an=mean_or_nan(s_an))
         if a1.numel() + a2.numel() == 0:
-            self.stats["active_fraction"] = torch.tensor(0.0, device=embeddings.device)
+            out.stats["active_fraction"] = torch.tensor(0.0, device=embeddings.device)
             return embeddings.sum() * 0
         loss, active = self.pair_loss(matrix, a1, p, a2, n)
         batch = labels.numel()
-        self.stats["active_fraction"] = active.detach().float() / max(batch * (batch - 1), 1)
+        out.stats["active_fraction"] = active.detach().float() / max(batch * (batch - 1), 1)
         return loss
 
     @abstractmethod

@@ -6,11 +6,9 @@ import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from dml.distances import CosineSimilarity
-from dml.losses.base import DMLLoss
+from dml.losses.base import DMLLoss, LossResult, used_cosines
 
 
 def _build(spec: nn.Module | Mapping[str, Any] | None) -> nn.Module | None:
@@ -25,9 +23,6 @@ def _build(spec: nn.Module | Mapping[str, Any] | None) -> nn.Module | None:
     from hydra.utils import instantiate
 
     return instantiate(spec)
-
-
-_COSINE = CosineSimilarity()
 
 
 class PMLLoss(DMLLoss):
@@ -51,12 +46,14 @@ class PMLLoss(DMLLoss):
         self.loss = _build(loss)
         self.miner = _build(miner)
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if self.miner is None:
+    def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
+                indices: tuple[Tensor, ...] | None = None) -> Tensor:
+        if indices is None and self.miner is not None:
+            indices = self.miner(embeddings, labels)
+        if indices is None:
             return self.loss(embeddings, labels)
-        indices = self.miner(embeddings, labels)
+        out.tuples = indices
         if len(indices) == 3:
             a, p, n = indices
-            with torch.no_grad():
-                self.record_triplets(*_COSINE.select(embeddings, [(a, p), (a, n)]))
+            out.record_triplets(*used_cosines(embeddings, [(a, p), (a, n)]))
         return self.loss(embeddings, labels, indices)

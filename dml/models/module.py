@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from dml.checkpointing import first_non_finite
 from dml.distributed import (
@@ -21,6 +20,7 @@ from dml.distributed import (
 from dml.errors import ConfigError, DivergenceError
 from dml.eval import nmi, retrieval_metrics
 from dml.eval.retrieval import positive_ks
+from dml.losses.base import DMLLoss
 from dml.models.backbone import EmbeddingNet
 from dml.seeding import epoch_seed
 
@@ -50,7 +50,7 @@ class DMLModule(L.LightningModule):
     def __init__(
         self,
         net: EmbeddingNet,
-        loss: nn.Module,
+        loss: DMLLoss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "step",
@@ -86,16 +86,19 @@ class DMLModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         L.seed_everything(epoch_seed(self.seed, self.current_epoch), workers=True, verbose=False)
 
-    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        """The loss of the batch (:class:`~dml.losses.base.LossResult`): its value is minimised
+        and logged with its statistics; the step's outputs also carry the triplets' cosine
+        ``(S_ap, S_an)`` for callbacks (the triplet diagram)."""
         embeddings, y = self.net(batch[0]), batch[1]
         if self.cross_rank_mining:
             embeddings, y = gather_batch(embeddings, y)
-        loss = self.loss(embeddings, y)
+        result = self.loss.result(embeddings, y)
+        loss = result.value
         self._step = (loss.detach(), embeddings.detach())  # checked after the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        stats = getattr(self.loss, "stats", None) or {}
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(y))
-        return loss
+        self.log_dict({f"train/{k}": v for k, v in result.stats.items()}, batch_size=len(y))
+        return {"loss": loss, "triplet_similarities": result.triplet_similarities}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """After the optimizer step, one check (one device synchronisation, one collective under

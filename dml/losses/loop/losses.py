@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.config_checks import check_range
-from dml.losses.base import DMLLoss, Reduction, check_reduction, mean_or_nan, reduce_terms
+from dml.losses.base import (
+    DMLLoss,
+    LossResult,
+    Reduction,
+    check_reduction,
+    mean_or_nan,
+    reduce_terms,
+)
 from dml.losses.loop.candidates import _chord, _safe_sqrt
 from dml.losses.loop.solver import (
     PairsOfPairs,
@@ -73,30 +80,36 @@ class LoOpLoss(DMLLoss):
         super().__init__()
         self.endpoints_only = endpoints_only
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
+                indices: None = None) -> Tensor:
+        if indices is not None:
+            raise ValueError(f"{type(self).__name__} forms its own pairs of pairs from the batch: "
+                             "it takes no indices")
         pairs = pairs_of_pairs(labels)
         if pairs.row.numel() == 0:
             empty = embeddings.new_zeros(0)
             if self.records_triplets:
-                self.record_triplets(empty, empty)
+                out.record_triplets(empty, empty)
             else:
-                self.stats.update(mean_s_ap=mean_or_nan(empty), mean_s_an=mean_or_nan(empty))
-            self.stats["active_fraction"] = mean_or_nan(empty)
+                out.stats.update(mean_s_ap=mean_or_nan(empty), mean_s_an=mean_or_nan(empty))
+            out.stats["active_fraction"] = mean_or_nan(empty)
             return embeddings.sum() * 0
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         gram, squared = _unit_geometry(embeddings.to(_gram_dtype(embeddings)))
         loop_cos = loop_cosines(gram, pairs, self.endpoints_only, dtype)
         tuples = LoOpTuples(gram, squared, labels, pairs, loop_cos)
-        return self.loop_loss(tuples).to(embeddings.dtype)
+        return self.loop_loss(tuples, out).to(embeddings.dtype)
 
     @abstractmethod
-    def loop_loss(self, t: LoOpTuples) -> Tensor:
-        """The loss from the batch's LoOp tuples; records its statistics."""
+    def loop_loss(self, t: LoOpTuples, out: LossResult) -> Tensor:
+        """The loss from the batch's LoOp tuples; records its statistics in ``out``."""
 
-    def record_pair_stats(self, t: LoOpTuples, positive_cos: Tensor, active: Tensor) -> None:
+    @staticmethod
+    def record_pair_stats(out: LossResult, t: LoOpTuples, positive_cos: Tensor,
+                          active: Tensor) -> None:
         """Pair-loss statistics: mean cosine of the positive pairs and of the LoOp negatives
         (every pair of pairs of different classes once) and the fraction ``active``."""
-        self.stats.update(
+        out.stats.update(
             mean_s_ap=mean_or_nan(positive_cos),
             mean_s_an=mean_or_nan(t.loop_cos.detach()[t.pairs.row, t.pairs.col]),
             active_fraction=active.detach().float().mean(),
@@ -126,14 +139,14 @@ class LoOpTripletLoss(LoOpLoss):
         self.margin = margin
         self.reduction = reduction
 
-    def loop_loss(self, t: LoOpTuples) -> Tensor:
+    def loop_loss(self, t: LoOpTuples, out: LossResult) -> Tensor:
         positive, _ = label_masks(t.labels)
         hardest = _safe_sqrt(t.squared.masked_fill(~positive, -math.inf).max(dim=1).values)
         d_ap = torch.maximum(hardest[t.pairs.first], hardest[t.pairs.second])
         s_an = t.loop_cos.masked_fill(~t.pairs.negative, -math.inf).max(dim=1).values
         terms = F.relu(d_ap - _chord(s_an) + self.margin)
-        self.record_triplets((1 - d_ap.detach() ** 2 / 2).float(), s_an.detach().float())
-        self.stats["active_fraction"] = mean_or_nan(terms > 0)
+        out.record_triplets((1 - d_ap.detach() ** 2 / 2).float(), s_an.detach().float())
+        out.stats["active_fraction"] = mean_or_nan(terms > 0)
         return reduce_terms(terms, self.reduction)
 
 
@@ -164,11 +177,11 @@ class LoOpContrastiveLoss(LoOpLoss):
         self.neg_margin = neg_margin
         self.reduction = reduction
 
-    def loop_loss(self, t: LoOpTuples) -> Tensor:
+    def loop_loss(self, t: LoOpTuples, out: LossResult) -> Tensor:
         s_pos = t.positive_cos()
         pos, neg = contrastive_hinges(t.positive_distance(), self.pos_margin,
                                       _chord(t.loop_cos[t.pairs.row, t.pairs.col]), self.neg_margin)
-        self.record_pair_stats(t, s_pos, torch.cat((pos, neg)) > 0)
+        self.record_pair_stats(out, t, s_pos, torch.cat((pos, neg)) > 0)
         return reduce_terms(pos, self.reduction) + reduce_terms(neg, self.reduction)
 
 
@@ -200,7 +213,7 @@ class LoOpMultiSimilarityLoss(LoOpLoss):
         self.base = base
         self.epsilon = epsilon
 
-    def loop_loss(self, t: LoOpTuples) -> Tensor:
+    def loop_loss(self, t: LoOpTuples, out: LossResult) -> Tensor:
         s_pos, s_neg = t.positive_cos(), t.loop_cos
         with torch.no_grad():  # the anchor's only positive is the pair itself
             keep_pos, keep_neg = ms_pair_masks(
@@ -211,7 +224,7 @@ class LoOpMultiSimilarityLoss(LoOpLoss):
         pos = torch.where(keep_pos, F.softplus(-self.alpha * (s_pos - self.base)), 0.0)
         neg = log1p_sum_exp(self.beta * (s_neg - self.base), keep_neg)
         terms = pos / self.alpha + neg / self.beta
-        self.record_pair_stats(t, s_pos, torch.cat((keep_pos, keep_neg[t.pairs.negative])))
+        self.record_pair_stats(out, t, s_pos, torch.cat((keep_pos, keep_neg[t.pairs.negative])))
         return terms.mean()
 
 
@@ -233,9 +246,9 @@ class LoOpLiftedStructureLoss(LoOpLoss):
         super().__init__(endpoints_only)
         self.margin = margin
 
-    def loop_loss(self, t: LoOpTuples) -> Tensor:
+    def loop_loss(self, t: LoOpTuples, out: LossResult) -> Tensor:
         s_pos = t.positive_cos()
         logits = (self.margin - _chord(t.loop_cos)).masked_fill(~t.pairs.negative, -math.inf)
         terms = F.relu(t.positive_distance() + torch.logsumexp(logits, dim=1))
-        self.record_pair_stats(t, s_pos, terms > 0)
+        self.record_pair_stats(out, t, s_pos, terms > 0)
         return terms.mean()
