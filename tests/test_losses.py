@@ -472,11 +472,9 @@ def counting_pairwise(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("name", LOSS_CONFIGS)
 def test_a_loss_builds_its_matrix_once_when_its_miner_shares_the_measure(name, monkeypatch):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from tests.test_losses_configs import load
 
-    loss = instantiate(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "loss" /
-                                      f"{name}.yaml"))
+    loss = load(name)
     torch.manual_seed(0)
     x = F.normalize(torch.randn(32, 16), dim=1).requires_grad_()
     labels = torch.arange(8).repeat_interleave(4)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from dml import losses, miners
 from dml.cli.errors import user_error
@@ -31,11 +30,11 @@ EXPECTED = {
 
 
 def load(name: str, *overrides: str):
-    return instantiate(
-        OmegaConf.merge(
-            OmegaConf.load(CONF / f"{name}.yaml"), OmegaConf.from_dotlist(list(overrides))
-        )
-    )
+    """The loss of ``loss=<name>`` composed by Hydra (its miner from conf/loss/miner/), with
+    ``overrides`` of its keys (``distance=cosine`` sets ``loss.distance``)."""
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        cfg = compose("config", overrides=[f"loss={name}", *(f"loss.{o}" for o in overrides)])
+    return instantiate(cfg.loss)
 
 
 def unit_batch(seed: int = 0):

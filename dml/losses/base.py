@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from dml.config_checks import check_choice
 from dml.distances import CosineSimilarity, Distance, get_distance
+from dml.errors import ConfigError
 from dml.miners.all_pairs import AllPairsMiner
 from dml.miners.base import Miner, PairMiner, Pairs, TripletMiner, Triplets
 
@@ -97,6 +98,15 @@ class LossResult:
         )
 
 
+def check_miner(miner: object, kind: type, name: str) -> None:
+    """:class:`~dml.errors.ConfigError` unless ``miner`` returns the tuples the loss needs."""
+    if not isinstance(miner, kind):
+        raise ConfigError(
+            f"loss.miner is a {type(miner).__name__}, but this loss needs a {name} miner: "
+            f"choose one with loss/miner=<name> (conf/loss/miner/)"
+        )
+
+
 class DMLLoss(nn.Module, ABC):
     """A metric-learning loss ``L(embeddings, labels)`` with per-batch statistics
     (:class:`LossResult`).
@@ -138,6 +148,7 @@ class TripletLoss(DMLLoss):
 
     def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
         super().__init__()
+        check_miner(miner, TripletMiner, "triplet")
         self.miner = miner
         self.distance = get_distance(distance, "loss.distance")
 
@@ -201,6 +212,7 @@ class PairLoss(DMLLoss):
         super().__init__()
         self.distance = get_distance(distance, "loss.distance")
         self.miner = miner if miner is not None else AllPairsMiner(self.distance)
+        check_miner(self.miner, PairMiner, "pair")
 
     def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
                 indices: Pairs | None = None) -> Tensor:
