@@ -38,8 +38,9 @@ class DMLModule(L.LightningModule):
     ``optimizer`` / ``scheduler`` are partially instantiated factories from the config; the backbone
     trains at the optimizer's LR and the head (and any loss parameters) at ``head_lr`` if given.
     A scheduler whose factory takes ``total_steps`` receives the run length in optimizer steps.
-    Every training epoch starts from the RNG state ``seed + epoch``, so a run resumed from an
-    epoch-end checkpoint continues exactly as the uninterrupted run would have.
+    Every training epoch starts from the RNG state ``epoch_seed(seed, epoch)``
+    (:mod:`dml.seeding`), so a run resumed from an epoch-end checkpoint continues exactly as the
+    uninterrupted run would have.
 
     Under DDP, ``cross_rank_mining`` (default) computes the loss on the global batch of all ranks
     (:func:`dml.distributed.gather_batch`: same loss and gradients as one process on that batch);
