@@ -73,6 +73,11 @@ def write_study(root: Path, strategy: str, best: list[float], defaults: list[flo
 def test_dml_report_on_studies_shows_the_tests_and_intervals(tmp_path, capsys):
     write_study(tmp_path, "sct", [0.80, 0.82, 0.81], [0.70, 0.75, 0.72])
     write_study(tmp_path, "nca_semihard", [0.70, 0.75, 0.72], [0.70, 0.75, 0.72])
+    for i, cos in enumerate((0.9, 0.7, 0.8)):  # the collapse indicator of the tuned runs' logs
+        log = tmp_path / "sct" / f"best_seed{i}" / "csv" / "version_0" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch,step,train/loss,train/mean_pairwise_sim\n0,0,1.0,0.1\n"
+                       f"1,1,1.0,{cos}\n1,2,1.0,{cos}\n")
     report_main([str(tmp_path), "--baseline", "nca_semihard"])
     text = (tmp_path / "report" / "report.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| sct |"))
@@ -81,7 +86,8 @@ def test_dml_report_on_studies_shows_the_tests_and_intervals(tmp_path, capsys):
     assert f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]" in row
     assert row.count(f"+8.7 (p = {p:.3f})") == 2 and "8 / 4 / 1" in row and "10.0 → 20.0" in row
     assert ("**significant**" in row) == (p < 0.05)
-    assert "lr=0.004" in text and "6.0 min" not in text
+    assert row.endswith("| — / 0.80 |")  # untuned runs without logs; tuned: mean of 0.9, 0.7, 0.8
+    assert "lr=0.004" in text
 
 
 def test_dml_report_names_an_unknown_baseline(tmp_path, capsys):

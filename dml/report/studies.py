@@ -9,11 +9,13 @@ the tuned setting against its untuned one and against a chosen baseline strategy
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dml.report.dynamics import read_dynamics
 from dml.report.runs import RunFileError, read_run_file
 from dml.report.stats import mean_ci, welch
 from dml.report.table import display_name, rows_to_markdown
@@ -26,6 +28,7 @@ class StudyResult:
     directory: Path
     summary: dict[str, Any]
     test: dict[str, list[dict[str, float]]]  # "best" / "defaults" -> each seed's test metrics
+    collapse: dict[str, list[float]]  # "best" / "defaults" -> each seed's last-epoch mean pair cos
     wall_time_s: float  # trials + retrain runs, summed
 
     @property
@@ -44,14 +47,18 @@ def find_studies(root: Path) -> list[Path]:
 def load_study_result(directory: Path) -> StudyResult:
     summary = read_run_file(directory / "study.json")
     test: dict[str, list[dict[str, float]]] = {}
+    collapse: dict[str, list[float]] = {}
     for setting, names in (summary.get("runs") or {}).items():
         for name in names:
             path = directory / name / "metrics.json"
             if path.exists():
                 test.setdefault(setting, []).append(read_run_file(path).get("test", {}))
+            dynamics = read_dynamics(directory / name)
+            if dynamics is not None and not math.isnan(dynamics.last_epoch["mean_pairwise_sim"]):
+                collapse.setdefault(setting, []).append(dynamics.last_epoch["mean_pairwise_sim"])
     wall = sum(float(read_run_file(p).get("wall_time_s") or 0.0)
                for p in directory.glob("*/**/metrics.json"))
-    return StudyResult(directory, summary, test, wall)
+    return StudyResult(directory, summary, test, collapse, wall)
 
 
 def _percent(values: Sequence[float]) -> str:
@@ -85,7 +92,8 @@ def studies_markdown(results: Sequence[StudyResult], metric: str = "recall@1",
     base = next((r for r in results if r.strategy == baseline), None)
     header = ["strategy", "trials (complete / pruned / diverged)", "val objective: default → best",
               f"untuned test {name}", f"tuned test {name}: mean ± std [95 % CI]",
-              "tuned − untuned (p)", *([f"tuned − {baseline} (p)"] if base else [])]
+              "tuned − untuned (p)", *([f"tuned − {baseline} (p)"] if base else []),
+              "mean pair cos: untuned / tuned"]
     rows = [header, ["---"] * len(header)]
     for r in results:
         s, trials = r.summary, r.summary.get("trials", {})
@@ -99,6 +107,8 @@ def studies_markdown(results: Sequence[StudyResult], metric: str = "recall@1",
                objective, _percent(untuned), _percent(tuned), _test(tuned, untuned)]
         if base:
             row.append("baseline" if r is base else _test(tuned, base.values("best", metric)))
+        row.append(" / ".join(f"{sum(v) / len(v):.2f}" if v else "—"
+                              for v in (r.collapse.get("defaults"), r.collapse.get("best"))))
         rows.append(row)
     values = [["strategy", "tuned values", "defaults"], ["---"] * 3]
     values += [[r.strategy, _values((r.summary.get("best") or {}).get("params", {})),
@@ -124,6 +134,8 @@ def make_study_report(root: Path, out: Path | None = None, metric: str = "recall
         f"- studies under `{root}`: {len(results)}; objective {', '.join(map(str, objective))} "
         "on validation classes; tuned and untuned settings retrained on all training classes, "
         f"up to {seeds} seeds each, and tested",
+        "- mean pair cos: the collapse indicator (mean cosine of all pairs of a training batch, "
+        "1 = every embedding the same), last epoch, mean over seeds",
         "- test metric in %: mean ± sample standard deviation over seeds, [Student-t 95 % "
         "confidence interval of the mean]; differences: Welch's two-sided t-test over seeds, "
         f"**significant** when p < {ALPHA}",
