@@ -49,8 +49,9 @@ def test_welch_matches_a_hand_computation():
     assert result.p == pytest.approx(2 * tail, abs=2e-4)
     assert result.significant() == (result.p < 0.05)
     assert welch([0.5], b) is None
-    same = welch([0.5, 0.5], [0.5, 0.5])
-    assert same.p == 1.0 and not same.significant()
+    for b in ([0.5, 0.5], [0.4, 0.4]):  # no spread: undefined, never "significant"
+        flat = welch([0.5, 0.5], b)
+        assert math.isnan(flat.p) and not flat.significant()
 
 
 def write_study(root: Path, strategy: str, best: list[float], defaults: list[float]) -> None:
@@ -83,7 +84,7 @@ def test_dml_report_on_studies_shows_the_tests_and_intervals(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| sct |"))
     p = welch([0.80, 0.82, 0.81], [0.70, 0.75, 0.72]).p
     mean, half = mean_ci([0.80, 0.82, 0.81])
-    assert f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]" in row
+    assert f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}] (n=3)" in row
     assert row.count(f"+8.7 (p = {p:.3f})") == 2 and "8 / 4 / 1" in row and "10.0 → 20.0" in row
     assert ("**significant**" in row) == (p < 0.05)
     assert row.endswith("| — / 0.80 |")  # untuned runs without logs; tuned: mean of 0.9, 0.7, 0.8

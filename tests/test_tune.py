@@ -64,9 +64,7 @@ def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(nam
             assert OmegaConf.select(job, key) == value
         instantiate(job.optimizer)([torch.nn.Parameter(torch.zeros(1))])
         loss = instantiate(job.loss)
-        value = loss(x, labels)
-        value = value[0] if isinstance(value, tuple) else value
-        assert torch.isfinite(value)
+        assert torch.isfinite(loss(x, labels))
         study.tell(trial, 0.0)
 
 
@@ -86,7 +84,9 @@ def run_sweep(sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def stored_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
-    return optuna.load_study(study_name=str(sweep_dir), storage=storage).trials
+    (study,) = storage.get_all_studies()  # one study per directory, named after it
+    assert study.study_name == sweep_dir.name
+    return optuna.load_study(study_name=study.study_name, storage=storage).trials
 
 
 def test_a_pruner_that_fires_stops_trials_after_their_first_epoch(tmp_path):
@@ -252,7 +252,7 @@ def test_a_studys_runs_form_one_wandb_group_named_after_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for run_dir in (tmp_path / "trial_0", tmp_path / "defaults_seed0"):
         run = wandb_run_record(run_dir)
-        assert run.run_group == str(tmp_path)
+        assert run.run_group == tmp_path.name
         assert list(run.tags) == ["sct", "seed=0"]
 
 
@@ -280,3 +280,45 @@ def test_trials_run_as_separate_submitit_jobs(tmp_path):
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.intermediate_values) == 1 for t in trials)  # reported from the jobs
     assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2
+
+
+def test_cross_validated_trials_run_their_folds_and_score_their_mean(tmp_path):
+    proc = run_sweep(tmp_path, "data.val_folds=2", "hydra.sweeper.n_trials=2",
+                     "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for trial in stored_trials(tmp_path):
+        folds = [json.loads((tmp_path / f"trial_{trial.number}" / f"fold_{i}" /
+                             "metrics.json").read_text())["val"]["map@r"] for i in range(2)]
+        assert trial.value == pytest.approx(sum(folds) / 2, rel=1e-12)
+        assert sorted(trial.intermediate_values) == [0, 1]  # step = fold × epochs + epoch
+    overrides_ = (tmp_path / "trial_0" / "fold_1" / ".hydra" / "overrides.yaml").read_text()
+    assert "data.val_fold=1" in overrides_
+
+
+def test_a_diverging_trial_scores_the_worst_value_and_the_study_goes_on(tmp_path):
+    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.max_epochs=1",
+                     "hydra.sweeper.enqueue_defaults=false", "hydra.sweeper.retrain_defaults=false",
+                     "+hydra.sweeper.params.optimizer.lr={low: 1.0e6, high: 2.0e6}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = stored_trials(tmp_path)
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.0
+    assert "is not finite" in trial.user_attrs["diverged"]
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["trials"] == {"complete": 0, "pruned": 0, "failed": 0, "diverged": 1}
+    assert summary["best"] is None
+
+
+def test_a_retrain_of_another_setting_is_not_taken_for_the_best(tmp_path):
+    from dml.tune.study import check_same_setting
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- loss.lam=1.0\n- seed=0\n")
+    check_same_setting(tmp_path, ["loss.lam=1.0"])
+    with pytest.raises(ConfigError, match="holds a retrain of another setting"):
+        check_same_setting(tmp_path, ["loss.lam=2.5"])
+
+
+def test_a_study_without_validation_classes_is_one_line(tmp_path):
+    proc = run_sweep(tmp_path, "data.val_holdout=0")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "a study needs validation classes" in proc.stderr.strip().splitlines()[-1]

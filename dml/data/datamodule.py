@@ -120,7 +120,13 @@ class DMLDataModule(L.LightningDataModule):
         splits = self.source.splits()
         if "train" not in splits:
             raise DatasetError(f"{type(self.source).__name__} provides no 'train' split")
-        if self.val_folds and "val" not in splits:
+        if self.val_folds and "val" in splits:
+            raise ConfigError(
+                f"data.val_folds={self.val_folds}: {type(self.source).__name__} has its own "
+                "validation split; cross-validation folds need a dataset without one "
+                "(set data.val_folds=0)"
+            )
+        if self.val_folds:
             val_groups = class_folds(splits["train"], self.val_folds, self.seed)[self.val_fold]
             records = splits["train"]
             splits["train"] = [r for r in records if r.group_key not in val_groups]

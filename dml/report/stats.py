@@ -39,20 +39,19 @@ class Welch:
     p: float
 
     def significant(self, alpha: float = 0.05) -> bool:
-        return self.p < alpha
+        return self.p < alpha  # False when p is NaN (undefined)
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
-    """Welch's two-sided t-test (None unless both have 2+ values). Two samples without any
-    spread differ with p = 0 if their means differ, and p = 1 if not."""
+    """Welch's two-sided t-test (None unless both have 2+ values; t and p are NaN when neither
+    sample has any spread)."""
     if len(a) < 2 or len(b) < 2:
         return None
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
     vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
-    if va + vb == 0:
-        return Welch(ma - mb, math.copysign(math.inf, ma - mb) if ma != mb else 0.0, math.nan,
-                     0.0 if ma != mb else 1.0)
+    if va + vb == 0:  # no spread on either side: the test is undefined
+        return Welch(ma - mb, math.nan, math.nan, math.nan)
     t = (ma - mb) / math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return Welch(ma - mb, t, dof, float(2 * stats.t.sf(abs(t), dof)))

@@ -69,13 +69,15 @@ def _percent(values: Sequence[float]) -> str:
         return f"{100 * mean:.1f} (1 seed)"
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     low, high = 100 * (mean - half), 100 * (mean + half)
-    return f"{100 * mean:.1f} ± {100 * std:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} [{low:.1f}, {high:.1f}] (n={len(values)})"
 
 
 def _test(a: Sequence[float], b: Sequence[float]) -> str:
     result = welch(a, b)
     if result is None:
         return "—"
+    if math.isnan(result.p):
+        return f"{100 * result.difference:+.1f} (p n/a: no spread)"
     mark = " **significant**" if result.significant(ALPHA) else ""
     return f"{100 * result.difference:+.1f} (p = {result.p:.3f}){mark}"
 
@@ -122,6 +124,8 @@ def make_study_report(root: Path, out: Path | None = None, metric: str = "recall
     results = [load_study_result(d) for d in find_studies(root)]
     if not results:
         raise RunFileError(f"no study.json under {root} (is it a dml-train -m search=... dir?)")
+    if not any(r.values(s, metric) for r in results for s in ("best", "defaults")):
+        raise RunFileError(f"--metric {metric}: no retrain run under {root} has that test metric")
     strategies = [r.strategy for r in results]
     if baseline is not None and baseline not in strategies:
         raise RunFileError(f"--baseline {baseline} is not one of the studies: "

@@ -97,7 +97,8 @@ def override_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, (int, float)):
         return repr(value)
-    return f"'{value}'" if any(c in str(value) for c in " ,=[]{}()'\"") else str(value)
+    escaped = str(value).replace("'", "\\'")
+    return f"'{escaped}'"  # quoted: a string choice "true" or "1" stays a string
 
 
 def overrides(params: Mapping[str, Any]) -> list[str]:

@@ -10,9 +10,12 @@ the command line's other sweeps)::
     defaults_seed<s>/          the config's own values, same protocol (the untuned baseline)
     study.json                 what dml-report reads: tuned values, trial counts, retrain runs
 
-Every stage resumes: finished trials are not run again, a trial interrupted with its sweeper
-(same host, process gone) continues from its ``last.ckpt``, and a retrain run with a
-``metrics.json`` is skipped."""
+Every stage resumes: finished trials are not run again; a trial interrupted with its sweeper
+(no job of it holds its run directory's lock, and its sweeper process is gone from this host, or
+``resume_running``) continues job by job: a finished job's ``metrics.json`` is reused, a started
+one continues from its ``last.ckpt``, the others start; a retrain run with a ``metrics.json`` of
+the same setting is kept. With ``data.val_folds`` a trial's folds run one after another and a
+pruned fold ends the trial."""
 
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from dml.errors import ConfigError, DivergenceError
+from dml.errors import ConfigError, DivergenceError, UserError
 from dml.eval.retrieval import positive_ks
-from dml.files import write_text_atomic
-from dml.tune.space import check_space, distributions, overrides
+from dml.files import locked, write_text_atomic
+from dml.run_dir import LOCK_FILE, holds_run
+from dml.tune.space import check_space, distributions, override_value, overrides
 from dml.tune.storage import PRUNER_ATTR, open_storage
 
 Launch = Callable[[list[list[str]]], Sequence[JobReturn]]
@@ -58,6 +62,17 @@ class StudySettings:
     resume_running: bool = False
 
 
+def study_settings(settings: dict[str, Any]) -> StudySettings:
+    """:class:`StudySettings` from ``hydra.sweeper``'s values; an unknown key is a one-line
+    :class:`ConfigError`."""
+    known = set(StudySettings.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"hydra.sweeper.{unknown[0]} is not a setting of the optuna sweeper "
+                          f"(settings: {', '.join(sorted(known))})")
+    return StudySettings(**settings)
+
+
 def validation_metrics(cfg: DictConfig) -> list[str]:
     """The names a run logs for its validation split (``val/recall@K``, ``val/map@r``, …)."""
     ks = positive_ks(cfg.module.get("eval_ks") or [1])
@@ -73,17 +88,43 @@ def check_objective(objective: str, cfg: DictConfig) -> None:
         )
 
 
+def check_validation(cfg: DictConfig) -> None:
+    """A study's trials need a validation split: ``data.val_folds``, ``data.val_holdout``, or one
+    of the dataset's own."""
+    data = cfg.data
+    if data.get("val_folds") or data.get("val_holdout"):
+        return
+    from hydra.utils import instantiate
+
+    if "val" not in instantiate(data.source).splits():
+        raise ConfigError(
+            "a study needs validation classes and this config has none: set data.val_holdout "
+            "(e.g. 0.1) or data.val_folds (e.g. 4)"
+        )
+
+
 def _sweeper_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _orphaned(trial: optuna.trial.FrozenTrial, adopt: bool = False) -> bool:
-    """A running trial whose sweeper process (on this host) is gone: it was interrupted.
-    ``adopt``: any running trial of another process (the user knows no other sweeper is alive,
-    e.g. on another machine after a restart)."""
-    host, _, pid = str(trial.user_attrs.get("sweeper", "")).rpartition(":")
-    if trial.state != optuna.trial.TrialState.RUNNING:
+def _lock_held(run_dir: Path) -> bool:
+    """Whether a live run holds ``run_dir`` (its ``.dml.lock``, see :mod:`dml.run_dir`)."""
+    lock = run_dir / LOCK_FILE
+    if not lock.exists():
         return False
+    try:
+        with locked(lock, wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
+def _sweeper_gone(trial: optuna.trial.FrozenTrial, adopt: bool) -> bool:
+    """Whether the sweeper that asked for ``trial`` is gone: its process is not alive on this
+    host (or it recorded none); one on another host only with ``adopt``."""
+    host, _, pid = str(trial.user_attrs.get("sweeper", "")).rpartition(":")
+    if not pid:
+        return True
     if host != socket.gethostname():
         return adopt
     try:
@@ -123,6 +164,29 @@ def default_values(space: dict[str, optuna.distributions.BaseDistribution],
 
 
 @dataclass
+class _Trial:
+    """A trial this sweeper runs: its values, the fold to run next, the folds' scores."""
+
+    number: int
+    values: dict[str, Any]
+    fold: int = 0
+    scores: list[float] = field(default_factory=list)
+
+
+def check_same_setting(run_dir: Path, wanted: list[str]) -> None:
+    """A finished retrain run was made with the setting ``wanted`` (its ``.hydra/overrides.yaml``
+    holds those overrides); otherwise a :class:`ConfigError`: the best setting changed since."""
+    import yaml
+
+    recorded = set(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+    if not set(wanted) <= recorded:
+        raise ConfigError(
+            f"{run_dir} holds a retrain of another setting (the best trial changed since): move "
+            "it away to retrain the new best, or keep it with hydra.sweeper.n_trials unchanged"
+        )
+
+
+@dataclass
 class Study:
     """One study of one search space (``params``) over the job config ``fixed`` composes to."""
 
@@ -141,13 +205,25 @@ class Study:
     def __post_init__(self) -> None:
         s = self.settings
         self.storage = s.storage or str((self.directory / "optuna.journal").resolve())
-        self.name = s.study_name or str(self.directory)
         self.folds = int(self.config.data.get("val_folds") or 0)
         if s.n_trials < 0 or s.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_trials must be >= 0 and hydra.sweeper.n_jobs >= 1")
         check_objective(s.objective, self.config)
         check_space(self.params, self.config)
         self.space = distributions(self.params)
+        if s.enqueue_defaults or s.retrain_defaults:
+            self.defaults()  # the ranges hold the defaults they are compared with
+        check_validation(self.config)
+        self.name = s.study_name or self._default_name()
+
+    def _default_name(self) -> str:
+        """The study in this directory's own journal (however the directory is spelled), else
+        the directory's name."""
+        if self.settings.storage is None and Path(self.storage).exists():
+            names = [x.study_name for x in open_storage(self.storage).get_all_studies()]
+            if len(names) == 1:
+                return names[0]
+        return self.directory.name
 
     # -- the Optuna study -------------------------------------------------------------------
     @property
@@ -197,29 +273,35 @@ class Study:
         return [t for t in self.study.get_trials(deepcopy=False)
                 if t.state in FINISHED or t.state == optuna.trial.TrialState.FAIL]
 
-    # -- jobs -------------------------------------------------------------------------------
-    def _trial_jobs(self, number: int, values: dict[str, Any], resume: bool) -> list[list[str]]:
+    # -- trials ----------------------------------------------------------------------------
+    def _run_dir(self, number: int, fold: int | None) -> tuple[Path, str]:
+        """A trial job's run directory and its ``hydra.sweep.subdir``."""
+        where = f"trial_{number}" + ("" if fold is None else f"/fold_{fold}")
+        return self.directory / where, f"{self.subdir}/{where}".lstrip("/")
+
+    def _job(self, number: int, values: dict[str, Any], fold: int | None) -> list[str] | dict:
+        """The overrides of a trial's job (of one fold), or the result a finished job left."""
+        run_dir, where = self._run_dir(number, fold)
+        if (run_dir / "metrics.json").exists():  # finished before an interruption
+            return json.loads((run_dir / "metrics.json").read_text())
         s = self.settings
-        base = [
+        return [
             *self.fixed,
             *overrides(values),
             f"+trial.number={number}",
-            f"+trial.study='{self.name}'",
-            f"+trial.storage='{self.storage}'",
+            f"+trial.study={override_value(self.name)}",
+            f"+trial.storage={override_value(self.storage)}",
             f"+trial.objective={s.objective}",
             "test=false",
             *self._monitor(),
-            *(["ckpt_path=last"] if resume else []),
+            *(["ckpt_path=last"] if holds_run(run_dir) else []),
+            *(["data.val_fold=" + str(fold)] if fold is not None else []),
             *self._group(),
+            f"hydra.sweep.subdir={where}",
         ]
-        where = f"{self.subdir}/trial_{number}".lstrip("/")
-        if not self.folds:
-            return [[*base, f"hydra.sweep.subdir={where}"]]
-        return [[*base, f"data.val_fold={i}", f"hydra.sweep.subdir={where}/fold_{i}"]
-                for i in range(self.folds)]
 
     def _monitor(self) -> list[str]:
-        """Trials and retrains select their checkpoint on the objective too."""
+        """Trials select their checkpoint on the objective, the value told to the study."""
         if OmegaConf.select(self.config, "callbacks.best_checkpoint.monitor") is None:
             return []
         return [f"callbacks.best_checkpoint.monitor={self.settings.objective}"]
@@ -228,54 +310,84 @@ class Study:
         """A study's trials and retrains form one W&B group, named after the study."""
         if OmegaConf.select(self.config, "logger.wandb") is None:
             return []
-        return [f"logger.wandb.group='{self.name}'"]
+        return [f"logger.wandb.group={override_value(self.name)}"]
 
-    def _outcome(self, number: int, returns: Sequence[JobReturn]) -> None:
-        """Tell the study what the trial's jobs (one per fold) returned."""
-        metric = self.settings.objective.split("/", 1)[1]
-        values, pruned = [], False
-        for ret in returns:
-            error = _job_error(ret)
+    def _value(self, number: int, result: JobReturn | dict) -> float | str | BaseException:
+        """A job's objective value, ``"pruned"``, ``"diverged"``, or the error it raised."""
+        if isinstance(result, JobReturn):
+            error = _job_error(result)
             if isinstance(error, DivergenceError):
                 self._set_attr(number, "diverged", str(error).splitlines()[0])
-                values.append(DIVERGED_VALUE)
-                continue
+                return "diverged"
             if error is not None:
-                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-                raise error  # a config or data error (or a bug) would fail every trial
-            result = ret.return_value or {}
-            pruned |= result.get("pruned_at") is not None
-            values.append(float(result.get("val", {}).get(metric, DIVERGED_VALUE)))
-        if pruned:
-            self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
-        else:
-            self.study.tell(number, sum(values) / len(values))
+                return error
+            result = result.return_value or {}
+        if result.get("pruned_at") is not None:
+            return "pruned"
+        metric = self.settings.objective.split("/", 1)[1]
+        if metric not in result.get("val", {}):
+            return ConfigError(f"trial {number} ran without validation: a study needs a "
+                               "validation split (data.val_holdout or data.val_folds)")
+        return float(result["val"][metric])
+
+    def _trials_to_run(self, running: list[_Trial]) -> list[_Trial]:
+        """Up to ``n_jobs`` trials: those this sweeper is running (between folds), the
+        interrupted ones, then new ones while the study has room (``n_trials`` minus the
+        finished trials and those running anywhere)."""
+        study, s = self.study, self.settings
+        trials = study.get_trials(deepcopy=False)
+        mine = {t.number for t in running}
+        elsewhere = [t for t in trials
+                     if t.state == optuna.trial.TrialState.RUNNING and t.number not in mine]
+        interrupted = [t for t in elsewhere
+                       if not any(_lock_held(d) for d in self._all_run_dirs(t.number))
+                       and _sweeper_gone(t, s.resume_running)]
+        for t in interrupted[: s.n_jobs - len(running)]:
+            self._set_attr(t.number, "sweeper", _sweeper_id())
+            running.append(_Trial(t.number, t.params))
+        room = s.n_trials - len(self.counted()) - len(elsewhere) - len(mine)
+        for _ in range(min(s.n_jobs - len(running), max(room, 0))):
+            trial = study.ask(self.space)
+            trial.set_user_attr("sweeper", _sweeper_id())
+            running.append(_Trial(trial.number, trial.params))
+        return running
+
+    def _all_run_dirs(self, number: int) -> list[Path]:
+        return [self._run_dir(number, f)[0] for f in (range(self.folds) if self.folds else [None])]
 
     def run_trials(self) -> None:
+        """Ask, launch and tell until the study holds ``n_trials``; a trial's folds run one
+        after another (a pruned fold ends the trial). A job error that is not a divergence (a
+        config or data error, or a bug, that would fail every trial) stops the study once every
+        trial of the round is told."""
         study = self.study
         if self.settings.enqueue_defaults and not study.get_trials(deepcopy=False):
             study.enqueue_trial(self.defaults())
-        adopt = self.settings.resume_running
-        orphans = [t for t in study.get_trials(deepcopy=False) if _orphaned(t, adopt)]
-        while True:
-            batch: list[tuple[int, list[list[str]]]] = []
-            for t in orphans[: self.settings.n_jobs]:  # interrupted: continue from last.ckpt
-                self._set_attr(t.number, "sweeper", _sweeper_id())
-                batch.append((t.number, self._trial_jobs(t.number, t.params, resume=True)))
-            orphans = orphans[len(batch):]
-            live = sum(t.state == optuna.trial.TrialState.RUNNING and not _orphaned(t)
-                       for t in study.get_trials(deepcopy=False))  # ours and other sweepers'
-            room = self.settings.n_trials - len(self.counted()) - live - len(orphans)
-            for _ in range(min(self.settings.n_jobs - len(batch), max(room, 0))):
-                trial = study.ask(self.space)
-                trial.set_user_attr("sweeper", _sweeper_id())
-                batch.append((trial.number, self._trial_jobs(trial.number, trial.params, False)))
-            if not batch:
-                return
-            returns = list(self.launch([job for _, jobs in batch for job in jobs]))
-            for number, jobs in batch:
-                self._outcome(number, returns[: len(jobs)])
-                returns = returns[len(jobs):]
+        running: list[_Trial] = []
+        while running := self._trials_to_run(running):
+            jobs = [self._job(t.number, t.values, t.fold if self.folds else None)
+                    for t in running]
+            launched = [j for j in jobs if isinstance(j, list)]
+            returns = iter(self.launch(launched) if launched else [])
+            errors = []
+            for trial, job in zip(running, jobs, strict=True):
+                value = self._value(trial.number, next(returns) if isinstance(job, list) else job)
+                if isinstance(value, BaseException):
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                    errors.append(value)
+                elif value == "pruned":
+                    study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    trial.scores.append(DIVERGED_VALUE if value == "diverged" else value)
+                    if value == "diverged" or len(trial.scores) == max(self.folds, 1):
+                        study.tell(trial.number, sum(trial.scores) / len(trial.scores))
+                    else:
+                        trial.fold = len(trial.scores)
+                        continue
+                trial.fold = -1  # told
+            running = [t for t in running if t.fold >= 0]
+            if errors:
+                raise errors[0]
 
     def best(self) -> optuna.trial.FrozenTrial | None:
         complete = [t for t in self.study.get_trials(deepcopy=False)
@@ -283,10 +395,13 @@ class Study:
                     and "diverged" not in t.user_attrs]
         return max(complete, key=lambda t: t.value) if complete else None
 
-    def retrain(self) -> dict[str, list[str]]:
+    # -- retraining -------------------------------------------------------------------------
+    def retrain(self) -> tuple[dict[str, list[str]], dict[str, str]]:
         """The best setting (and the defaults) with each of ``retrain_seeds``, trained on all
         training classes (no validation hold-out: the last epoch is the selected checkpoint) and
-        tested. Runs that finished are skipped; an interrupted one resumes."""
+        tested. A finished run of the same setting is kept (another setting's is an error: the
+        best changed); an interrupted one resumes. Returns the runs of each setting and the runs
+        that failed or diverged (each with its one-line error): they do not stop the others."""
         best = self.best()
         settings: dict[str, dict[str, Any]] = {}
         if self.settings.retrain_defaults:
@@ -294,34 +409,41 @@ class Study:
         if best is not None and best.params != settings.get("defaults"):
             settings["best"] = best.params
         runs: dict[str, list[str]] = {}
-        jobs = []
+        jobs, names = [], []
         for name, values in settings.items():
             for seed in self.settings.retrain_seeds:
                 run_dir = self.directory / f"{name}_seed{seed}"
                 runs.setdefault(name, []).append(run_dir.name)
                 if (run_dir / "metrics.json").exists():
+                    check_same_setting(run_dir, overrides(values))
                     continue
                 where = f"{self.subdir}/{run_dir.name}".lstrip("/")
+                names.append(run_dir.name)
                 jobs.append([
                     *self.fixed, *overrides(values), f"seed={seed}", "test=true",
                     "data.val_holdout=0", "data.val_folds=0",
-                    *(["ckpt_path=last"] if run_dir.exists() else []),
+                    *(["ckpt_path=last"] if holds_run(run_dir) else []),
                     *self._group(),
                     f"hydra.sweep.subdir={where}",
                 ])
-        for ret in self.launch(jobs) if jobs else []:
+        failed = {}
+        for name, ret in zip(names, self.launch(jobs) if jobs else [], strict=True):
             error = _job_error(ret)
+            if error is not None and not isinstance(error, UserError):
+                raise error  # a bug
             if error is not None:
-                raise error
+                failed[name] = str(error).strip().splitlines()[0]
         if best is not None and "best" not in settings and "defaults" in runs:
             runs["best"] = runs["defaults"]  # the defaults won: their runs are the tuned ones too
-        return runs
+        return runs, failed
 
-    def summary(self, runs: dict[str, list[str]]) -> dict[str, Any]:
+    def summary(self, runs: dict[str, list[str]], failed: dict[str, str]) -> dict[str, Any]:
         trials = self.study.get_trials(deepcopy=False)
         state = optuna.trial.TrialState
         best = self.best()
         choices = OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {}
+        defaults = {key: OmegaConf.select(self.config, key) for key in self.space}
+        diverged = [t for t in trials if "diverged" in t.user_attrs]
         return {
             "study": self.name,
             "storage": self.storage,
@@ -331,23 +453,25 @@ class Study:
             "overrides": self.fixed,
             "folds": self.folds,
             "trials": {
-                "complete": sum(t.state == state.COMPLETE for t in trials),
+                "complete": sum(t.state == state.COMPLETE for t in trials) - len(diverged),
                 "pruned": sum(t.state == state.PRUNED for t in trials),
                 "failed": sum(t.state == state.FAIL for t in trials),
-                "diverged": sum("diverged" in t.user_attrs for t in trials),
+                "diverged": len(diverged),
             },
-            "defaults": self.defaults(),
+            "defaults": defaults,
             "defaults_value": next((t.value for t in trials if t.state == state.COMPLETE
-                                    and t.params == self.defaults()), None),
+                                    and "diverged" not in t.user_attrs
+                                    and t.params == defaults), None),
             "best": None if best is None else {
                 "number": best.number, "value": best.value, "params": best.params,
             },
             "runs": runs,
+            "failed_runs": failed,
         }
 
     def run(self) -> dict[str, Any]:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.run_trials()
-        summary = self.summary(self.retrain() if self.settings.retrain_seeds else {})
+        summary = self.summary(*(self.retrain() if self.settings.retrain_seeds else ({}, {})))
         write_text_atomic(self.directory / "study.json", json.dumps(summary, indent=2) + "\n")
         return summary

@@ -11,8 +11,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf
 
+from dml.errors import ConfigError
 from dml.tune.space import flat
-from dml.tune.study import Study, StudySettings
+from dml.tune.study import Study, study_settings
 
 
 def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
@@ -21,6 +22,9 @@ def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
     choices: list[list[tuple[str, bool]]] = []
     for override in OverridesParser.create().parse_overrides(arguments):
         key = override.get_key_element()
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            raise ConfigError(f"{key}: the optuna sweeper runs one study per value of a comma "
+                              "list; ranges to search go in hydra.sweeper.params")
         if override.is_sweep_override():
             choices.append([(f"{key}={v}", True) for v in override.sweep_string_iterator()])
         else:
@@ -51,7 +55,7 @@ def run_studies(arguments: list[str], settings: dict[str, Any], master: DictConf
                 next(next_job)
             return list(launcher.launch(jobs, initial_job_idx=first))
 
-        study = Study(StudySettings(**settings), params, config, list(fixed),
+        study = Study(study_settings(settings), params, config, list(fixed),
                       sweep_dir / name if name else sweep_dir, name, launch)
         summaries.append(study.run())
     return summaries
