@@ -24,9 +24,9 @@ from dml.cli.errors import user_error
 from dml.data.datamodule import DMLDataModule, class_folds
 from dml.data.records import Record
 from dml.errors import ConfigError, DatasetError
+from dml.tune.settings import default_values
 from dml.tune.space import check_space, distributions, overrides
 from dml.tune.storage import open_storage
-from dml.tune.study import default_values
 
 from .training_utils import REPO, TINY
 
@@ -309,7 +309,7 @@ def test_a_diverging_trial_scores_the_worst_value_and_the_study_goes_on(tmp_path
 
 
 def test_a_retrain_of_another_setting_is_not_taken_for_the_best(tmp_path):
-    from dml.tune.study import check_same_setting
+    from dml.tune.settings import check_same_setting
 
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- loss.lam=1.0\n- seed=0\n")

@@ -3,7 +3,7 @@ batch-hard, EPHN, SCT semi-hard and random-negative miners)."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -69,3 +69,18 @@ class PerAnchorTripletMiner(TripletMiner):
             f"{type(self).__name__}(positive={self.positive!r}, negative={self.negative!r}, "
             f"distance={self.distance}, exclude_duplicates={self.exclude_duplicates})"
         )
+
+
+class FixedNegativeMiner(PerAnchorTripletMiner):
+    """A :class:`PerAnchorTripletMiner` whose subclass fixes the negative rule
+    (``negative_rule``) and leaves the ``positive`` rule to the config (default the closest)."""
+
+    negative_rule: ClassVar[NegativeRule]
+
+    def __init__(
+        self,
+        distance: str | Distance = "cosine",
+        exclude_duplicates: bool = False,
+        positive: PositiveRule = "easiest",
+    ) -> None:
+        super().__init__(positive, self.negative_rule, distance, exclude_duplicates)

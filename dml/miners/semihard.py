@@ -10,7 +10,7 @@ from torch import Tensor
 from dml.config_checks import check_range
 from dml.distances import Distance
 from dml.miners.base import TripletMiner, Triplets, label_masks, masked_argmax
-from dml.miners.per_anchor import PerAnchorTripletMiner, PositiveRule
+from dml.miners.per_anchor import FixedNegativeMiner
 
 
 class FaceNetSemiHardMiner(TripletMiner):
@@ -45,14 +45,8 @@ class FaceNetSemiHardMiner(TripletMiner):
         return f"{type(self).__name__}(margin={self.margin}, distance={self.distance})"
 
 
-class SemiHardNegativeMiner(PerAnchorTripletMiner):
+class SemiHardNegativeMiner(FixedNegativeMiner):
     """SCT-repository semi-hard: per anchor the ``positive`` rule (default the closest positive),
     then the closest negative with c(a, n) <= c(a, p)."""
 
-    def __init__(
-        self,
-        distance: str | Distance = "cosine",
-        exclude_duplicates: bool = False,
-        positive: PositiveRule = "easiest",
-    ) -> None:
-        super().__init__(positive, "semihard", distance, exclude_duplicates)
+    negative_rule = "semihard"

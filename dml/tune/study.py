@@ -20,8 +20,6 @@ pruned fold ends the trial."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +30,16 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import ConfigError, DivergenceError, UserError
-from dml.eval.retrieval import positive_ks
-from dml.files import locked, write_text_atomic
-from dml.run_dir import LOCK_FILE, holds_run
+from dml.files import write_text_atomic
+from dml.run_dir import holds_run
+from dml.tune.liveness import lock_held, sweeper_gone, sweeper_id
+from dml.tune.settings import (
+    StudySettings,
+    check_objective,
+    check_same_setting,
+    check_validation,
+    default_values,
+)
 from dml.tune.space import check_space, distributions, override_value, overrides
 from dml.tune.storage import PRUNER_ATTR, open_storage
 
@@ -45,122 +50,11 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 DIVERGED_VALUE = 0.0
 
 
-@dataclass
-class StudySettings:
-    """``hydra.sweeper.*`` (conf/hydra/sweeper/optuna.yaml documents each value)."""
-
-    objective: str = "val/map@r"
-    n_trials: int = 12
-    n_jobs: int = 1
-    sampler: Any = None
-    pruner: Any = None
-    storage: str | None = None
-    study_name: str | None = None
-    enqueue_defaults: bool = True
-    retrain_seeds: list[int] = field(default_factory=list)
-    retrain_defaults: bool = True
-    resume_running: bool = False
-
-
-def study_settings(settings: dict[str, Any]) -> StudySettings:
-    """:class:`StudySettings` from ``hydra.sweeper``'s values; an unknown key is a one-line
-    :class:`ConfigError`."""
-    known = set(StudySettings.__dataclass_fields__)
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"hydra.sweeper.{unknown[0]} is not a setting of the optuna sweeper "
-                          f"(settings: {', '.join(sorted(known))})")
-    return StudySettings(**settings)
-
-
-def validation_metrics(cfg: DictConfig) -> list[str]:
-    """The names a run logs for its validation split (``val/recall@K``, ``val/map@r``, …)."""
-    ks = positive_ks(cfg.module.get("eval_ks") or [1])
-    return [f"val/recall@{k}" for k in ks] + ["val/map@r", "val/r_precision"]
-
-
-def check_objective(objective: str, cfg: DictConfig) -> None:
-    logged = validation_metrics(cfg)
-    if objective not in logged:
-        raise ConfigError(
-            f"hydra.sweeper.objective={objective} is not a validation metric this config logs "
-            f"(one of {', '.join(logged)}; a study never looks at test)"
-        )
-
-
-def check_validation(cfg: DictConfig) -> None:
-    """A study's trials need a validation split: ``data.val_folds``, ``data.val_holdout``, or one
-    of the dataset's own."""
-    data = cfg.data
-    if data.get("val_folds") or data.get("val_holdout"):
-        return
-    from hydra.utils import instantiate
-
-    if "val" not in instantiate(data.source).splits():
-        raise ConfigError(
-            "a study needs validation classes and this config has none: set data.val_holdout "
-            "(e.g. 0.1) or data.val_folds (e.g. 4)"
-        )
-
-
-def _sweeper_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _lock_held(run_dir: Path) -> bool:
-    """Whether a live run holds ``run_dir`` (its ``.dml.lock``, see :mod:`dml.run_dir`)."""
-    lock = run_dir / LOCK_FILE
-    if not lock.exists():
-        return False
-    try:
-        with locked(lock, wait=False):
-            return False
-    except BlockingIOError:
-        return True
-
-
-def _sweeper_gone(trial: optuna.trial.FrozenTrial, adopt: bool) -> bool:
-    """Whether the sweeper that asked for ``trial`` is gone: its process is not alive on this
-    host (or it recorded none); one on another host only with ``adopt``."""
-    host, _, pid = str(trial.user_attrs.get("sweeper", "")).rpartition(":")
-    if not pid:
-        return True
-    if host != socket.gethostname():
-        return adopt
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    return False
-
-
 def _job_error(ret: JobReturn) -> BaseException | None:
     if ret.status == JobStatus.COMPLETED:
         return None
     error = ret._return_value
     return error if isinstance(error, BaseException) else RuntimeError(str(error))
-
-
-def default_values(space: dict[str, optuna.distributions.BaseDistribution],
-                   cfg: DictConfig) -> dict[str, Any]:
-    """The config's own value of each searched key, checked to lie inside its range (a space
-    must contain the defaults the tuned setting is compared with)."""
-    values = {}
-    for key, dist in space.items():
-        value = OmegaConf.select(cfg, key)
-        try:
-            inside = dist._contains(dist.to_internal_repr(value))
-        except (ValueError, TypeError):
-            inside = False
-        if not inside:
-            raise ConfigError(
-                f"the search space of {key} does not contain the config's value {value!r}: "
-                "widen hydra.sweeper.params so the tuned setting is compared with the default"
-            )
-        values[key] = value
-    return values
 
 
 @dataclass
@@ -171,19 +65,6 @@ class _Trial:
     values: dict[str, Any]
     fold: int = 0
     scores: list[float] = field(default_factory=list)
-
-
-def check_same_setting(run_dir: Path, wanted: list[str]) -> None:
-    """A finished retrain run was made with the setting ``wanted`` (its ``.hydra/overrides.yaml``
-    holds those overrides); otherwise a :class:`ConfigError`: the best setting changed since."""
-    import yaml
-
-    recorded = set(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
-    if not set(wanted) <= recorded:
-        raise ConfigError(
-            f"{run_dir} holds a retrain of another setting (the best trial changed since): move "
-            "it away to retrain the new best, or keep it with hydra.sweeper.n_trials unchanged"
-        )
 
 
 @dataclass
@@ -340,15 +221,15 @@ class Study:
         elsewhere = [t for t in trials
                      if t.state == optuna.trial.TrialState.RUNNING and t.number not in mine]
         interrupted = [t for t in elsewhere
-                       if not any(_lock_held(d) for d in self._all_run_dirs(t.number))
-                       and _sweeper_gone(t, s.resume_running)]
+                       if not any(lock_held(d) for d in self._all_run_dirs(t.number))
+                       and sweeper_gone(t, s.resume_running)]
         for t in interrupted[: s.n_jobs - len(running)]:
-            self._set_attr(t.number, "sweeper", _sweeper_id())
+            self._set_attr(t.number, "sweeper", sweeper_id())
             running.append(_Trial(t.number, t.params))
         room = s.n_trials - len(self.counted()) - len(elsewhere) - len(mine)
         for _ in range(min(s.n_jobs - len(running), max(room, 0))):
             trial = study.ask(self.space)
-            trial.set_user_attr("sweeper", _sweeper_id())
+            trial.set_user_attr("sweeper", sweeper_id())
             running.append(_Trial(trial.number, trial.params))
         return running
 

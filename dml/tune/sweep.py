@@ -12,8 +12,9 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import ConfigError
+from dml.tune.settings import study_settings
 from dml.tune.space import flat
-from dml.tune.study import Study, study_settings
+from dml.tune.study import Study
 
 
 def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
