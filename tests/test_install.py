@@ -21,7 +21,7 @@ def installed(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    for name in ("dml", "conf"):  # dml/conf stays a link to ../conf, as in the checkout
+    for name in ("dml", "conf", "hydra_plugins"):  # dml/conf stays a link to ../conf
         shutil.copytree(REPO / name, src / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -71,3 +71,15 @@ def test_a_users_config_dir_adds_options_to_our_groups(installed, tmp_path):
     resumed = run_installed(installed, tmp_path, "-m", "dml.cli.train",
                             f"resume={tmp_path / 'run'}", "trainer.max_epochs=2")  # my_triplet
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_the_installed_optuna_sweeper_runs_a_study(installed, tmp_path):
+    where = run_installed(installed, tmp_path, "-c", "import hydra_plugins.dml_optuna_sweeper."
+                          "optuna_sweeper as m; print(m.__file__)")
+    assert where.stdout.startswith(str(installed)), where  # the wheel's plugin, not the checkout's
+    proc = run_installed(installed, tmp_path, "-m", "dml.cli.train", "-m", *TINY, "search=sct",
+                         "trainer.max_epochs=1", "test=false", "hydra.sweeper.n_trials=1",
+                         "hydra.sweep.dir=study")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "study" / "trial_0" / "metrics.json").is_file()
+    assert (tmp_path / "study" / "study.json").is_file()
