@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -c constraints.txt
 ARGS   ?=
 
-.PHONY: install install-dev train test lint bench clean
+.PHONY: install install-dev train test lint bench gpu-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,6 +31,9 @@ test: install-dev                     ## lint + the whole test suite
 
 bench: install-dev                    ## all benchmarks (print ratios against the named peers)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+gpu-check: install                    ## on a CUDA machine, before a long cluster job (~5 min); ARGS="--compile"
+	$(PY) -m dml.cli.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs multirun outputs
