@@ -97,3 +97,11 @@ def test_dml_report_names_an_unknown_baseline(tmp_path, capsys):
         report_main([str(tmp_path), "--baseline", "nope"])
     assert exit_.value.code == 2
     assert "error: --baseline nope is not one of the studies: sct" in capsys.readouterr().err
+
+
+def test_dml_report_refuses_to_mix_two_studies_of_one_strategy(tmp_path, capsys):
+    write_study(tmp_path / "plain", "sct", [0.8, 0.82], [0.7, 0.71])
+    write_study(tmp_path / "merged", "sct", [0.5, 0.52], [0.3, 0.31])
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path)])
+    assert "several studies under" in capsys.readouterr().err

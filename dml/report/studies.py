@@ -127,6 +127,11 @@ def make_study_report(root: Path, out: Path | None = None, metric: str = "recall
     if not any(r.values(s, metric) for r in results for s in ("best", "defaults")):
         raise RunFileError(f"--metric {metric}: no retrain run under {root} has that test metric")
     strategies = [r.strategy for r in results]
+    if len(set(strategies)) < len(strategies):
+        raise RunFileError(
+            f"several studies under {root} tune the same strategy ({', '.join(strategies)}): "
+            "report each dataset's or protocol's studies from their own directory"
+        )
     if baseline is not None and baseline not in strategies:
         raise RunFileError(f"--baseline {baseline} is not one of the studies: "
                            f"{', '.join(strategies)}")
