@@ -322,3 +322,29 @@ def test_a_study_without_validation_classes_is_one_line(tmp_path):
     proc = run_sweep(tmp_path, "data.val_holdout=0")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "a study needs validation classes" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_study_killed_between_folds_continues_job_by_job(tmp_path):
+    args = ["data.val_folds=2", "hydra.sweeper.n_trials=1"]
+    proc = subprocess.Popen(sweep_cli(tmp_path, *args), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    interrupted = tmp_path / "trial_0" / "fold_1" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not interrupted.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # fold 0 finished, fold 1 has 1+ epochs
+    proc.wait()
+    first = (tmp_path / "trial_0" / "fold_0" / "metrics.json").read_bytes()
+
+    proc = run_sweep(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = stored_trials(tmp_path)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    output = (proc.stdout + proc.stderr).splitlines()
+    (launched,) = [line for line in output if "+trial.number=" in line]  # fold 0 is not re-run
+    assert "data.val_fold=1" in launched and "ckpt_path=last" in launched
+    assert (tmp_path / "trial_0" / "fold_0" / "metrics.json").read_bytes() == first  # reused
+    folds = [json.loads((tmp_path / "trial_0" / f"fold_{i}" / "metrics.json").read_text())
+             ["val"]["map@r"] for i in range(2)]
+    assert trial.value == pytest.approx(sum(folds) / 2, rel=1e-12)
