@@ -26,6 +26,7 @@ EXPECTED = {
     "sct": (losses.SCTLoss, miners.EasyPositiveHardNegativeMiner),
     "contrastive": (losses.ContrastiveLoss, miners.AllPairsMiner),
     "multisimilarity": (losses.MultiSimilarityLoss, miners.MultiSimilarityMiner),
+    "hcl": (losses.HardnessAwareContrastiveLoss, miners.AllPairsMiner),
 }
 
 
@@ -159,6 +160,8 @@ BAD_VALUES = [
         ["loss.reduction=max"],
         "loss.reduction must be one of ['mean', 'mean_nonzero'], got 'max'",
     ),
+    ("hcl", ["loss.beta=-1"], "loss.beta must be >= 0, got -1"),
+    ("hcl", ["loss.tau_plus=1"], "loss.tau_plus must be < 1 (the prior of false negatives), got 1"),
     ("loop_contrastive", ["loss.pos_margin=-1"], "loss.pos_margin must be >= 0, got -1"),
     ("loop_contrastive", ["loss.neg_margin=-0.5"], "loss.neg_margin must be >= 0, got -0.5"),
     ("loop_multisimilarity", ["loss.alpha=-2"], "loss.alpha must be > 0, got -2"),

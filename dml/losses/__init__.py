@@ -5,6 +5,7 @@
 
 from dml.losses.base import DMLLoss, PairLoss, TripletLoss
 from dml.losses.contrastive import ContrastiveLoss
+from dml.losses.hcl import HardnessAwareContrastiveLoss
 from dml.losses.loop import (
     LoOpContrastiveLoss,
     LoOpLiftedStructureLoss,
@@ -19,6 +20,7 @@ from dml.losses.triplet_margin import MarginTripletLoss
 __all__ = [
     "ContrastiveLoss",
     "DMLLoss",
+    "HardnessAwareContrastiveLoss",
     "LoOpContrastiveLoss",
     "LoOpLiftedStructureLoss",
     "LoOpMultiSimilarityLoss",
