@@ -69,7 +69,7 @@ def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(nam
 
 
 # -- studies through dml-train -m --------------------------------------------------------------
-STUDY = [*TINY, "search=sct", "test=false", "trainer.max_epochs=3", "hydra/sweeper/pruner=none"]
+STUDY = [*TINY, "search=sct", "test=false", "trainer.max_epochs=2", "hydra/sweeper/pruner=none"]
 
 
 def sweep_cli(sweep_dir: Path, *args: str) -> list[str]:
@@ -100,7 +100,7 @@ def test_a_pruner_that_fires_stops_trials_after_their_first_epoch(tmp_path):
     assert [sorted(t.intermediate_values) for t in trials] == [[0], [0]]
     for t in trials:
         metrics = json.loads((tmp_path / f"trial_{t.number}" / "metrics.json").read_text())
-        assert metrics["pruned_at"] == 0 and metrics["epochs"] == 1  # 1 of 3 epochs trained
+        assert metrics["pruned_at"] == 0 and metrics["epochs"] == 1  # 1 of 2 epochs trained
     summary = json.loads((tmp_path / "study.json").read_text())
     assert summary["trials"]["pruned"] == 2 and summary["best"] is None
 
@@ -133,20 +133,6 @@ def test_a_killed_study_resumes_from_its_storage_without_repeating_finished_tria
     assert (tmp_path / "trial_0" / "metrics.json").read_bytes() == first
     assert "Restoring states from the checkpoint path at " + str(interrupted) in proc.stdout + \
         proc.stderr
-
-
-def test_a_study_retrains_the_best_and_the_default_setting_per_seed(tmp_path):
-    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
-                     "hydra.sweeper.retrain_seeds=[0,1]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "study.json").read_text())
-    assert summary["strategy"] == "sct" and summary["trials"]["complete"] == 2
-    assert summary["runs"]["defaults"] == ["defaults_seed0", "defaults_seed1"]
-    for name in summary["runs"]["defaults"] + summary["runs"]["best"]:
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert "test" in metrics and "val" not in metrics  # all training classes, then test
-    overrides_ = (tmp_path / "defaults_seed1" / ".hydra" / "overrides.yaml").read_text()
-    assert "seed=1" in overrides_ and "loss.lam=1.0" in overrides_
 
 
 @pytest.mark.parametrize(
@@ -246,14 +232,22 @@ def wandb_run_record(run_dir: Path):
     raise AssertionError(f"no run record in {path}")
 
 
-def test_a_studys_runs_form_one_wandb_group_named_after_it(tmp_path):
-    proc = run_sweep(tmp_path, "logger=default", "hydra.sweeper.n_trials=1",
-                     "trainer.max_epochs=1", "hydra.sweeper.retrain_seeds=[0]")
+def test_a_study_retrains_its_best_and_default_settings_in_one_wandb_group(tmp_path):
+    proc = run_sweep(tmp_path, "logger=default", "hydra.sweeper.n_trials=2",
+                     "trainer.max_epochs=1", "hydra.sweeper.retrain_seeds=[0,1]")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for run_dir in (tmp_path / "trial_0", tmp_path / "defaults_seed0"):
-        run = wandb_run_record(run_dir)
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["strategy"] == "sct" and summary["trials"]["complete"] == 2
+    assert summary["runs"]["defaults"] == ["defaults_seed0", "defaults_seed1"]
+    for name in summary["runs"]["defaults"] + summary["runs"]["best"]:
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert "test" in metrics and "val" not in metrics  # all training classes, then test
+    overrides_ = (tmp_path / "defaults_seed1" / ".hydra" / "overrides.yaml").read_text()
+    assert "seed=1" in overrides_ and "loss.lam=1.0" in overrides_
+    for run_dir, seed in ((tmp_path / "trial_1", 0), (tmp_path / "defaults_seed1", 1)):
+        run = wandb_run_record(run_dir)  # every run of the study: one W&B group, its name
         assert run.run_group == tmp_path.name
-        assert list(run.tags) == ["sct", "seed=0"]
+        assert list(run.tags) == ["sct", f"seed={seed}"]
 
 
 def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
