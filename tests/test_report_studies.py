@@ -85,7 +85,7 @@ def test_dml_report_on_studies_shows_the_tests_and_intervals(tmp_path, capsys):
     p = welch([0.80, 0.82, 0.81], [0.70, 0.75, 0.72]).p
     mean, half = mean_ci([0.80, 0.82, 0.81])
     assert f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}] (n=3)" in row
-    assert row.count(f"+8.7 (p = {p:.3f})") == 2 and "8 / 4 / 1" in row and "10.0 → 20.0" in row
+    assert row.count(f"+8.7 (p = {p:.3f})") == 2 and "8 / 4 / 1 / 0" in row and "10.0 → 20.0" in row
     assert ("**significant**" in row) == (p < 0.05)
     assert row.endswith("| — / 0.80 |")  # untuned runs without logs; tuned: mean of 0.9, 0.7, 0.8
     assert "lr=0.004" in text

@@ -1,10 +1,10 @@
 """The report of tuned comparisons: one row per study (``dml-train -m search=<loss>``), from its
 ``study.json`` and the ``metrics.json`` of its retrain runs.
 
-Per strategy: the tuned values, the trials run (complete / pruned / diverged), the validation
-objective of the defaults and of the best trial, the test metric of the untuned and the tuned
-setting over seeds (mean ± standard deviation, 95 % confidence interval), and Welch's t-test of
-the tuned setting against its untuned one and against a chosen baseline strategy."""
+Per strategy: the tuned values, the trials run (complete / pruned / diverged / failed), the
+validation objective of the defaults and of the best trial, the test metric of the untuned and
+the tuned setting over seeds (mean ± standard deviation, 95 % confidence interval), and Welch's
+t-test of the tuned setting against its untuned one and against a chosen baseline strategy."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def studies_markdown(results: Sequence[StudyResult], metric: str = "recall@1",
     """The comparison table (and a table of the tuned values); ``metric`` is a test metric."""
     name = display_name(metric)
     base = next((r for r in results if r.strategy == baseline), None)
-    header = ["strategy", "trials (complete / pruned / diverged)", "val objective: default → best",
+    header = ["strategy", "trials: complete / pruned / diverged / failed",
+              "val objective: default → best",
               f"untuned test {name}", f"tuned test {name}: mean ± std [95 % CI]",
               "tuned − untuned (p)", *([f"tuned − {baseline} (p)"] if base else []),
               "mean pair cos: untuned / tuned"]
@@ -105,7 +106,7 @@ def studies_markdown(results: Sequence[StudyResult], metric: str = "recall@1",
         tuned, untuned = r.values("best", metric), r.values("defaults", metric)
         row = [r.strategy,
                f"{trials.get('complete', 0)} / {trials.get('pruned', 0)} / "
-               f"{trials.get('diverged', 0)}",
+               f"{trials.get('diverged', 0)} / {trials.get('failed', 0)}",
                objective, _percent(untuned), _percent(tuned), _test(tuned, untuned)]
         if base:
             row.append("baseline" if r is base else _test(tuned, base.values("best", metric)))
