@@ -22,3 +22,22 @@ def test_the_sampler_orders_an_epoch_by_its_epoch_seed_alone() -> None:
 
     assert batches(7, 4) == batches(0, epoch_seed(7, 4))  # epoch_seed(0, e) == e
     assert batches(7, 4) != batches(7, 5)
+
+
+def test_any_seed_gives_an_epoch_seed_that_seed_everything_accepts() -> None:
+    import lightning as L
+
+    for seed in (4295, 10**9, -1):  # beyond 2**32 / 1_000_003, and negative
+        value = epoch_seed(seed, 7)
+        assert 0 <= value < 2**32
+        assert L.seed_everything(value, verbose=False) == value
+    assert epoch_seed(4294, 999) == 4294 * 1_000_003 + 999  # unchanged where it was valid
+
+
+def test_a_run_with_a_large_seed_trains(tmp_path) -> None:
+    from dml.training import train
+
+    from .training_utils import tiny_config
+
+    result = train(tiny_config(tmp_path, "seed=5000", "trainer.max_epochs=1", "test=false"))
+    assert result["epochs"] == 1
