@@ -342,3 +342,18 @@ def test_a_study_killed_between_folds_continues_job_by_job(tmp_path):
     folds = [json.loads((tmp_path / "trial_0" / f"fold_{i}" / "metrics.json").read_text())
              ["val"]["map@r"] for i in range(2)]
     assert trial.value == pytest.approx(sum(folds) / 2, rel=1e-12)
+
+
+def test_each_search_space_of_a_comma_list_is_its_own_study(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dml.cli.train", "-m", *TINY, "test=false", "trainer.max_epochs=1",
+         "hydra/sweeper=optuna", "search=sct,nca_semihard", "hydra.sweeper.n_trials=1",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("sct", "nca_semihard"):
+        summary = json.loads((tmp_path / name / "study.json").read_text())
+        assert summary["strategy"] == name and summary["trials"]["complete"] == 1
+        assert (tmp_path / name / "trial_0" / "metrics.json").is_file()

@@ -178,7 +178,7 @@ class Study:
             *(["ckpt_path=last"] if holds_run(run_dir) else []),
             *(["data.val_fold=" + str(fold)] if fold is not None else []),
             *self._group(),
-            f"hydra.sweep.subdir={where}",
+            f"hydra.sweep.subdir={override_value(where)}",
         ]
 
     def _monitor(self) -> list[str]:
@@ -305,7 +305,7 @@ class Study:
                     "data.val_holdout=0", "data.val_folds=0",
                     *(["ckpt_path=last"] if holds_run(run_dir) else []),
                     *self._group(),
-                    f"hydra.sweep.subdir={where}",
+                    f"hydra.sweep.subdir={override_value(where)}",
                 ])
         failed = {}
         for name, ret in zip(names, self.launch(jobs) if jobs else [], strict=True):

@@ -18,8 +18,9 @@ from dml.tune.study import Study
 
 
 def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
-    """Each combination's overrides and its name (the swept values, ``""`` when nothing is swept):
-    ``["search=a,b", "seed=1"]`` → ``(["search=a", "seed=1"], "search=a")``, …"""
+    """Each combination's overrides and its study directory's name: the swept value when one key
+    is swept (``["search=a,b", "seed=1"]`` → ``(["search=a", "seed=1"], "a")``, …), ``key-value``
+    pairs joined by ``_`` for several, ``""`` when nothing is swept."""
     choices: list[list[tuple[str, bool]]] = []
     for override in OverridesParser.create().parse_overrides(arguments):
         key = override.get_key_element()
@@ -32,7 +33,9 @@ def combinations(arguments: list[str]) -> list[tuple[list[str], str]]:
             choices.append([(f"{key}={override.get_value_element_as_str()}", False)])
     result = []
     for combo in itertools.product(*choices):
-        name = ",".join(o for o, swept in combo if swept).replace("/", "_")
+        swept = [o.split("=", 1) for o, is_swept in combo if is_swept]
+        name = swept[0][1] if len(swept) == 1 else "_".join(f"{k}-{v}" for k, v in swept)
+        name = name.replace("/", "-").replace("=", "-")
         result.append(([o for o, _ in combo], name))
     return result
 
