@@ -77,9 +77,18 @@ def sweep_cli(sweep_dir: Path, *args: str) -> list[str]:
             f"hydra.sweep.dir={sweep_dir}", *args]
 
 
+def run_multirun(sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dml-train -m`` on the tiny config with ``args``, into ``sweep_dir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "dml.cli.train", "-m", *TINY, *args, f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def run_sweep(sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_cli(sweep_dir, *args), capture_output=True, text=True, cwd=REPO,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """A study of ``search=sct`` (:data:`STUDY`) with ``args``."""
+    return run_multirun(sweep_dir, *STUDY[len(TINY):], *args)
 
 
 def stored_trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -251,13 +260,8 @@ def test_a_study_retrains_its_best_and_default_settings_in_one_wandb_group(tmp_p
 
 
 def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "dml.cli.train", "-m", *TINY, "logger=default", "test=false",
-         "trainer.max_epochs=1", "loss=triplet_batchhard", "seed=3,4",
-         f"hydra.sweep.dir={tmp_path}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_multirun(tmp_path, "logger=default", "test=false", "trainer.max_epochs=1",
+                        "loss=triplet_batchhard", "seed=3,4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, seed in (("0", 3), ("1", 4)):  # each job its own W&B run (not the first's)
         run = wandb_run_record(tmp_path / job)
@@ -345,13 +349,8 @@ def test_a_study_killed_between_folds_continues_job_by_job(tmp_path):
 
 
 def test_each_search_space_of_a_comma_list_is_its_own_study(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "dml.cli.train", "-m", *TINY, "test=false", "trainer.max_epochs=1",
-         "hydra/sweeper=optuna", "search=sct,nca_semihard", "hydra.sweeper.n_trials=1",
-         f"hydra.sweep.dir={tmp_path}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_multirun(tmp_path, "test=false", "trainer.max_epochs=1", "hydra/sweeper=optuna",
+                        "search=sct,nca_semihard", "hydra.sweeper.n_trials=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("sct", "nca_semihard"):
         summary = json.loads((tmp_path / name / "study.json").read_text())
