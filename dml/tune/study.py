@@ -44,7 +44,6 @@ from dml.tune.space import check_space, distributions, override_value, overrides
 from dml.tune.storage import PRUNER_ATTR, open_storage
 
 Launch = Callable[[list[list[str]]], Sequence[JobReturn]]
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # A diverged trial scores the worst value of a retrieval metric, so the sampler learns to avoid
 # its region (Optuna's samplers ignore failed trials).
 DIVERGED_VALUE = 0.0
@@ -149,11 +148,6 @@ class Study:
     def defaults(self) -> dict[str, Any]:
         return default_values(self.space, self.config)
 
-    def counted(self) -> list[optuna.trial.FrozenTrial]:
-        """Trials that count towards ``n_trials``: complete, pruned, or failed (not interrupted)."""
-        return [t for t in self.study.get_trials(deepcopy=False)
-                if t.state in FINISHED or t.state == optuna.trial.TrialState.FAIL]
-
     # -- trials ----------------------------------------------------------------------------
     def _run_dir(self, number: int, fold: int | None) -> tuple[Path, str]:
         """A trial job's run directory and its ``hydra.sweep.subdir``."""
@@ -226,7 +220,8 @@ class Study:
         for t in interrupted[: s.n_jobs - len(running)]:
             self._set_attr(t.number, "sweeper", sweeper_id())
             running.append(_Trial(t.number, t.params))
-        room = s.n_trials - len(self.counted()) - len(elsewhere) - len(mine)
+        finished = sum(t.state.is_finished() for t in trials)  # complete, pruned or failed
+        room = s.n_trials - finished - len(elsewhere) - len(mine)
         for _ in range(min(s.n_jobs - len(running), max(room, 0))):
             trial = study.ask(self.space)
             trial.set_user_attr("sweeper", sweeper_id())
