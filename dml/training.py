@@ -38,6 +38,9 @@ def build_module(cfg: DictConfig) -> DMLModule:
             f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
             "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
         )
+    for wrapper in ("synthesis", "memory"):  # synthetic points first, then a memory around them
+        if cfg.get(wrapper):
+            loss = instantiate(cfg[wrapper])(loss=loss)
     return DMLModule(
         net=instantiate(cfg.model),
         loss=loss,

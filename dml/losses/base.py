@@ -10,6 +10,11 @@ computes its B×B matrix once, in its own measure, and hands it to its miner
 replaces the miner, as pytorch-metric-learning's ``indices_tuple``. A batch without any usable
 tuple returns ``embeddings.sum() * 0``, a zero that still backpropagates.
 
+Triplet and pair losses also take ``references`` (:class:`References`: embeddings and labels of
+a cross-batch memory, see :mod:`dml.losses.memory`): the matrix is then B×N, anchors are the
+batch's rows, positives and negatives the references (``ref_emb``/``ref_labels`` of
+pytorch-metric-learning), and tuple members index the references.
+
 Statistics are always measured in cosine similarity, whatever measure the loss or miner uses:
 
 * ``mean_pairwise_sim``: mean cosine over all off-diagonal pairs (the collapse indicator);
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +79,14 @@ def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
     return (total / max(batch * (batch - 1), 1)).float()
 
 
+class References(NamedTuple):
+    """Reference embeddings ``[N, d]`` and labels ``[N]`` the anchors of a batch are compared
+    with instead of the batch itself (none of them is an anchor)."""
+
+    embeddings: Tensor
+    labels: Tensor
+
+
 @dataclass
 class LossResult:
     """What a loss computed on a batch: ``value`` (the scalar to minimise), ``tuples`` (the
@@ -113,22 +126,38 @@ class DMLLoss(nn.Module, ABC):
 
     Half-precision embeddings (float16/bfloat16, e.g. under autocast) are promoted to float32
     before any computation. Subclasses implement :meth:`compute`, which adds its statistics to
-    the result it is given.
+    the result it is given; those whose ``compute`` takes ``references`` (triplet and pair
+    losses) set ``takes_references``. A loss with a schedule (a memory's warm-up) overrides
+    :meth:`set_epoch`, which the LightningModule calls at the start of every training epoch.
     """
+
+    takes_references: ClassVar[bool] = False
 
     def forward(self, embeddings: Tensor, labels: Tensor,
                 indices: Triplets | Pairs | None = None) -> Tensor:
         return self.result(embeddings, labels, indices).value
 
     def result(self, embeddings: Tensor, labels: Tensor,
-               indices: Triplets | Pairs | None = None) -> LossResult:
+               indices: Triplets | Pairs | None = None,
+               references: References | None = None) -> LossResult:
         """The loss of a batch with its tuples and statistics (``indices``: tuples mined
-        elsewhere instead of the loss's own miner)."""
+        elsewhere instead of the loss's own miner; ``references``: compare the batch with these
+        instead of itself, for losses that :attr:`takes_references`)."""
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()  # exp(50 S), ulp-based validity: not in half precision
         out = LossResult(stats={"mean_pairwise_sim": mean_offdiagonal_cosine(embeddings)})
-        out.value = self.compute(embeddings, labels, out, indices)
+        if references is None:
+            out.value = self.compute(embeddings, labels, out, indices)
+        elif self.takes_references:
+            refs = References(references.embeddings.to(embeddings.dtype), references.labels)
+            out.value = self.compute(embeddings, labels, out, indices, refs)
+        else:
+            raise ConfigError(f"{type(self).__name__} compares a batch with itself only: it "
+                              "cannot take references (a memory)")
         return out
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called with the training epoch before it starts (no-op unless overridden)."""
 
     @abstractmethod
     def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
@@ -146,6 +175,8 @@ class TripletLoss(DMLLoss):
     :meth:`reduce`.
     """
 
+    takes_references = True
+
     def __init__(self, miner: TripletMiner, distance: str | Distance = "cosine") -> None:
         super().__init__()
         check_miner(miner, TripletMiner, "triplet")
@@ -153,10 +184,12 @@ class TripletLoss(DMLLoss):
         self.distance = get_distance(distance, "loss.distance")
 
     def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
-                indices: Triplets | None = None) -> Tensor:
-        matrix = self.distance.pairwise(embeddings)
+                indices: Triplets | None = None,
+                references: References | None = None) -> Tensor:
+        refs = _as_references(embeddings, references)
+        matrix = self.distance.pairwise(embeddings, refs.embeddings)
         if indices is None:
-            indices = mine(self.miner, self.distance, matrix, embeddings, labels)
+            indices = mine(self.miner, self.distance, matrix, embeddings, labels, references)
         a, p, n = indices
         m_ap, m_an = matrix[a, p], matrix[a, n]
         keep = self.valid(m_ap.detach(), m_an.detach())
@@ -166,7 +199,7 @@ class TripletLoss(DMLLoss):
         if self.distance == _COSINE:
             out.record_triplets(m_ap, m_an)
         else:
-            out.record_triplets(*used_cosines(embeddings, [(a, p), (a, n)]))
+            out.record_triplets(*used_cosines(embeddings, [(a, p), (a, n)], refs.embeddings))
         if a.numel() == 0:
             out.stats["active_fraction"] = torch.tensor(float("nan"), device=embeddings.device)
             return embeddings.sum() * 0
@@ -187,26 +220,38 @@ class TripletLoss(DMLLoss):
         """Per-triplet loss terms and the boolean mask of terms with non-zero gradient."""
 
 
-def used_cosines(embeddings: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-    """Detached cosines of the used index pairs only, ``O(T d)`` (the statistics of a loss in
-    another measure: no second B×B matrix)."""
+def used_cosines(embeddings: Tensor, pairs: list[tuple[Tensor, Tensor]],
+                 columns: Tensor | None = None) -> list[Tensor]:
+    """Detached cosines of the used index pairs ``(r, c)`` only, ``O(T d)`` (the statistics of a
+    loss in another measure: no second matrix); ``c`` indexes ``columns`` (default the batch)."""
+    columns = embeddings if columns is None else columns
     with torch.no_grad():
-        return [_COSINE.paired(embeddings[r], embeddings[c]) for r, c in pairs]
+        return [_COSINE.paired(embeddings[r], columns[c]) for r, c in pairs]
+
+
+def _as_references(embeddings: Tensor, references: References | None) -> References:
+    """The columns of the loss's matrix: ``references``, or the batch itself (labels unused)."""
+    return references if references is not None else References(embeddings, None)
 
 
 def mine(miner: Miner, distance: Distance, matrix: Tensor, embeddings: Tensor,
-         labels: Tensor) -> Triplets | Pairs:
+         labels: Tensor, references: References | None = None) -> Triplets | Pairs:
     """The miner's tuples: on the loss's ``matrix`` (detached) when the miner uses the loss's
-    ``distance``, else from the miner's own matrix."""
-    if miner.distance == distance:
-        return miner.mine(matrix.detach(), labels)
-    return miner(embeddings, labels)
+    ``distance``, else from the miner's own matrix (against ``references`` if given)."""
+    same_measure = miner.distance == distance
+    if references is None:  # the batch against itself (miners written for B×B only still work)
+        return miner.mine(matrix.detach(), labels) if same_measure else miner(embeddings, labels)
+    if same_measure:
+        return miner.mine(matrix.detach(), labels, references.labels)
+    return miner(embeddings, labels, *references)
 
 
 class PairLoss(DMLLoss):
     """Loss over the positive pairs ``(a1, p)`` and negative pairs ``(a2, n)`` from ``miner``
     (default: all pairs), in the loss's measure ``distance``. Subclasses implement
     :meth:`pair_loss`."""
+
+    takes_references = True
 
     def __init__(self, miner: PairMiner | None, distance: str | Distance = "cosine") -> None:
         super().__init__()
@@ -215,28 +260,35 @@ class PairLoss(DMLLoss):
         check_miner(self.miner, PairMiner, "pair")
 
     def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
-                indices: Pairs | None = None) -> Tensor:
-        matrix = self.distance.pairwise(embeddings)
+                indices: Pairs | None = None, references: References | None = None) -> Tensor:
+        refs = _as_references(embeddings, references)
+        matrix = self.distance.pairwise(embeddings, refs.embeddings)
         if indices is None:
-            indices = mine(self.miner, self.distance, matrix, embeddings, labels)
+            indices = mine(self.miner, self.distance, matrix, embeddings, labels, references)
         a1, p, a2, n = out.tuples = indices
         with torch.no_grad():
             if self.distance == _COSINE:
                 s_ap, s_an = matrix[a1, p], matrix[a2, n]
             else:
-                s_ap, s_an = used_cosines(embeddings, [(a1, p), (a2, n)])
+                s_ap, s_an = used_cosines(embeddings, [(a1, p), (a2, n)], refs.embeddings)
             out.stats.update(mean_s_ap=mean_or_nan(s_ap), mean_s_an=mean_or_nan(s_an))
         if a1.numel() + a2.numel() == 0:
             out.stats["active_fraction"] = torch.tensor(0.0, device=embeddings.device)
             return embeddings.sum() * 0
         loss, active = self.pair_loss(matrix, a1, p, a2, n)
-        batch = labels.numel()
-        out.stats["active_fraction"] = active.detach().float() / max(batch * (batch - 1), 1)
+        out.stats["active_fraction"] = active.detach().float() / candidate_pairs(matrix, references)
         return loss
 
     @abstractmethod
     def pair_loss(
         self, matrix: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """The loss from the B×B matrix and the pairs, and the number of pairs with non-zero
-        gradient (a 0-d tensor)."""
+        """The loss from the B×B (or B×N) matrix and the pairs, and the number of pairs with
+        non-zero gradient (a 0-d tensor)."""
+
+
+def candidate_pairs(matrix: Tensor, references: References | None) -> int:
+    """How many pairs a pair loss could use: ``B(B-1)`` off the diagonal of a batch against
+    itself, ``B·N`` against ``N`` references (at least 1)."""
+    rows, cols = matrix.shape
+    return max(rows * cols if references is not None else rows * (rows - 1), 1)

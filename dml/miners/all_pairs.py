@@ -10,6 +10,7 @@ from dml.miners.base import PairMiner, Pairs, label_masks
 class AllPairsMiner(PairMiner):
     """Every positive pair (same label, ``a != p``) and every negative pair (other label)."""
 
-    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs:
-        positive, negative = label_masks(labels)
+    def mine(self, matrix: Tensor, labels: Tensor,
+             ref_labels: Tensor | None = None) -> Pairs:
+        positive, negative = label_masks(labels, ref_labels)
         return (*positive.nonzero(as_tuple=True), *negative.nonzero(as_tuple=True))

@@ -1,4 +1,8 @@
-"""Miner interfaces: select index tuples from a pairwise matrix and the labels of a batch."""
+"""Miner interfaces: select index tuples from a pairwise matrix and the labels of a batch.
+
+A matrix is B×B (the batch against itself), or B×N against ``N`` reference embeddings (a
+cross-batch memory) whose labels ``ref_labels`` are given: anchors are then the batch's rows and
+positives and negatives the references' columns, and no reference is the anchor itself."""
 
 from __future__ import annotations
 
@@ -16,8 +20,13 @@ Pairs = tuple[Tensor, Tensor, Tensor, Tensor]
 """``(a1, p, a2, n)``: positive pairs ``(a1, p)`` and negative pairs ``(a2, n)``."""
 
 
-def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(positive, negative)`` boolean B×B masks: same label off the diagonal / other label."""
+def label_masks(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(positive, negative)`` boolean masks: same label / other label, B×B off the diagonal
+    (the batch against itself), or B×N against ``ref_labels`` (references, none of them the
+    anchor)."""
+    if ref_labels is not None:
+        same = labels[:, None] == ref_labels[None, :]
+        return same, ~same
     same = labels[:, None] == labels[None, :]
     positive = same.clone().fill_diagonal_(False)
     return positive, ~same
@@ -42,14 +51,18 @@ class Miner(ABC):
     def __init__(self, distance: str | Distance = "cosine") -> None:
         self.distance = get_distance(distance, "loss.miner.distance")
 
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets | Pairs:
+    def __call__(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor | None = None,
+                 ref_labels: Tensor | None = None) -> Triplets | Pairs:
         with torch.no_grad():
-            matrix = self.distance.pairwise(embeddings.detach())
-        return self.mine(matrix, labels)
+            refs = None if ref_emb is None else ref_emb.detach()
+            matrix = self.distance.pairwise(embeddings.detach(), refs)
+        return self.mine(matrix, labels, ref_labels)
 
     @abstractmethod
-    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets | Pairs:
-        """Select tuples given the B×B matrix of ``self.distance`` and the B labels."""
+    def mine(self, matrix: Tensor, labels: Tensor,
+             ref_labels: Tensor | None = None) -> Triplets | Pairs:
+        """Select tuples given the matrix of ``self.distance`` and the B labels: B×B, or B×N
+        against references labelled ``ref_labels`` (tuple members then index the references)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(distance={self.distance})"
@@ -59,11 +72,13 @@ class TripletMiner(Miner):
     """A miner returning :data:`Triplets`."""
 
     @abstractmethod
-    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets: ...
+    def mine(self, matrix: Tensor, labels: Tensor,
+             ref_labels: Tensor | None = None) -> Triplets: ...
 
 
 class PairMiner(Miner):
     """A miner returning :data:`Pairs`."""
 
     @abstractmethod
-    def mine(self, matrix: Tensor, labels: Tensor) -> Pairs: ...
+    def mine(self, matrix: Tensor, labels: Tensor,
+             ref_labels: Tensor | None = None) -> Pairs: ...

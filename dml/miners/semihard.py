@@ -29,9 +29,10 @@ class FaceNetSemiHardMiner(TripletMiner):
         super().__init__(distance)
         self.margin = margin
 
-    def mine(self, matrix: Tensor, labels: Tensor) -> Triplets:
+    def mine(self, matrix: Tensor, labels: Tensor,
+             ref_labels: Tensor | None = None) -> Triplets:
         close = self.distance.closeness(matrix)
-        positive, negative = label_masks(labels)
+        positive, negative = label_masks(labels, ref_labels)
         a, p = positive.nonzero(as_tuple=True)
         row = close[a]
         c_ap = close[a, p][:, None]

@@ -86,6 +86,7 @@ class DMLModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         L.seed_everything(epoch_seed(self.seed, self.current_epoch), workers=True, verbose=False)
+        self.loss.set_epoch(self.current_epoch)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> dict[str, Any]:
         """The loss of the batch (:class:`~dml.losses.base.LossResult`): its value is minimised
