@@ -38,6 +38,7 @@ from dml.distributed import (
 )
 from dml.losses import DMLLoss, MarginTripletLoss, SCTLoss
 from dml.losses.loop import LoOpTripletLoss
+from dml.losses.memory import CrossBatchMemory
 from dml.miners import BatchHardMiner
 from dml.models import DMLModule
 
@@ -116,6 +117,25 @@ def features() -> tuple[torch.Tensor, torch.Tensor]:
 
 def first_batch(labels: torch.Tensor, rank: int = 0, world: int = 1) -> list[int]:
     return next(iter(PKBatchSampler(labels, P, K, SEED, rank, world)))
+
+
+def memory_run(rank: int = 0, world: int = 1) -> tuple[list, dict[str, torch.Tensor]]:
+    """Three steps of batch-hard triplet with a cross-batch memory of 24 (it wraps around on the
+    third global batch of 12): each step's loss and gradients, and the memory after them."""
+    torch.manual_seed(0)
+    module = DMLModule(
+        net=Embed(),
+        loss=CrossBatchMemory(batch_hard(), size=24, embedding_dim=DIM).double(),
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+    )
+    step = TrainingStep(module)
+    model = DistributedDataParallel(step) if world > 1 else step
+    x, labels = features()
+    steps = []
+    for _, shard in zip(range(3), PKBatchSampler(labels, P, K, SEED, rank, world), strict=False):
+        module.zero_grad()
+        steps.append(loss_and_grads(model, x[shard], labels[shard]))
+    return steps, {k: v.clone() for k, v in module.loss.state_dict().items()}
 
 
 def loss_and_grads(module: nn.Module, *batch: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
@@ -206,6 +226,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for cross in (True, False):
             ddp = DistributedDataParallel(TrainingStep(make_module(name, cross)))
             results[name, cross] = loss_and_grads(ddp, x[shard], labels[shard])
+    results["memory"] = memory_run(rank, WORLD)
     # Lightning finds the process group ready and this process listed as its local rank.
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD))
     results["eval"] = evaluate(WORLD)
@@ -253,6 +274,32 @@ def test_per_rank_mining_averages_the_shards_losses_gradients(ranks, name):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     if name == "triplet_batchhard":  # the flag matters: hardest negatives come from other ranks
         assert ranks[0][name, False][0] != pytest.approx(ranks[0][name, True][0], abs=1e-3)
+
+
+def test_a_memory_under_cross_rank_mining_equals_one_process_and_is_the_same_on_each_rank(
+        ranks):
+    """Loss and gradients of every step to 1e-6, and the memory holding the global batches:
+    bitwise identical on both ranks, and the same entries as one process's (the global batch is
+    gathered rank by rank, so the storage order differs from one process's batch order)."""
+    single_steps, single_memory = memory_run()
+    assert int(single_memory["memory_count"]) == 24 and single_steps[2][0] > 0
+    for result in ranks:
+        steps, memory = result["memory"]
+        for (loss, grads), (want_loss, want_grads) in zip(steps, single_steps, strict=True):
+            assert loss == pytest.approx(want_loss, abs=1e-6)
+            for got, want in zip(grads, want_grads, strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert int(memory["memory_count"]) == 24
+        assert rows(memory) == pytest.approx(rows(single_memory), abs=1e-12)
+    for key, value in ranks[0]["memory"][1].items():  # the ranks' memories: bitwise the same
+        assert torch.equal(ranks[1]["memory"][1][key], value), key
+
+
+def rows(memory: dict[str, torch.Tensor]) -> list[float]:
+    """A memory's (label, embedding) rows, sorted, flattened."""
+    entries = torch.cat([memory["memory_labels"][:, None].double(),
+                         memory["memory_embeddings"]], dim=1)
+    return [v for row in sorted(entries.tolist()) for v in row]
 
 
 def test_two_process_evaluation_equals_one_process(ranks):
