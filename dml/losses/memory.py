@@ -45,8 +45,9 @@ class CrossBatchMemory(DMLLoss):
         if not isinstance(loss, DMLLoss) or not loss.takes_references:
             raise ConfigError(
                 f"memory=xbm needs a triplet or pair loss that can compare a batch with a memory; "
-                f"{type(loss).__name__} cannot (LoOp forms pairs of pairs inside the batch; the "
-                f"PML bridge has PML's own CrossBatchMemory): choose another loss or memory=null"
+                f"{type(loss).__name__} cannot (LoOp forms pairs of pairs inside the batch, the "
+                f"PML bridge has PML's CrossBatchMemory, synthesis= wrappers make their own "
+                f"points): choose another loss, or memory=null"
             )
         check_int("memory.size", size, 1, "embeddings kept", 4096)
         check_int("memory.embedding_dim", embedding_dim, 1, "the model's embedding size", 128)
