@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import random
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dml.config_checks import check_int
-from dml.data.dataset import DMLDataset
+from dml.data.batch_transforms import augment_batch, batch_generator, to_normalized
+from dml.data.dataset import CachedDataset, DMLDataset
 from dml.data.records import Record
 from dml.data.sampler import PKBatchSampler
 from dml.data.source import DatasetSource
+from dml.data.tensor_cache import cached_images
+from dml.data.transforms import TransformParams
 from dml.distributed import rank_and_world_size
 from dml.errors import ConfigError, DatasetError
 
@@ -55,6 +60,23 @@ def carve_validation(
     return train, [r for r in records if r.group_key in val_groups]
 
 
+def cacheable(key: str, transform: Callable) -> TransformParams:
+    """The :class:`TransformParams` of ``transform`` if the tensor cache can stand in for it,
+    else a :class:`ConfigError` naming ``key``."""
+    params = getattr(transform, "params", None)
+    if not isinstance(params, TransformParams):
+        raise ConfigError(
+            f"data.cache=true needs {key} built by dml.data.transforms.build_transform, got "
+            f"{type(transform).__name__}: set data.cache=false"
+        )
+    if params.train and params.random_resized_crop:
+        raise ConfigError(
+            f"data.cache=true cannot cache {key}.random_resized_crop=true (its crop resizes "
+            "each time): set data.cache=false"
+        )
+    return params
+
+
 def class_folds(records: list[Record], folds: int, seed: int = 0) -> list[set]:
     """``folds`` class-disjoint folds of the training *groups* (Omniglot: alphabets; else the
     class itself), as in MLRC's cross-validation: the groups are shuffled by ``seed`` and dealt
@@ -81,7 +103,15 @@ class DMLDataModule(L.LightningDataModule):
 
     Distributed (``world_size`` ranks): the P×K sampler shards each global batch by class across
     ranks (``batch_p`` is the global P); each eval loader reads its rank's share of the split in
-    order, padded to equal length (the module drops the duplicates when it gathers)."""
+    order, padded to equal length (the module drops the duplicates when it gathers).
+
+    ``cache=True`` (small images, e.g. Omniglot): every split is decoded and resized once into a
+    uint8 tensor kept on disk (:mod:`dml.data.tensor_cache`); eval images are normalised per
+    item, bit-equal to the PIL path; training batches arrive as uint8 and are augmented as a whole
+    in :meth:`on_after_batch_transfer` (:mod:`dml.data.batch_transforms`). Both transforms must
+    come from :func:`dml.data.transforms.build_transform` (without ``random_resized_crop``).
+    ``cache=False``: the PIL path, each image decoded and transformed per item (workers allowed).
+    """
 
     def __init__(
         self,
@@ -96,6 +126,7 @@ class DMLDataModule(L.LightningDataModule):
         seed: int = 0,
         val_folds: int = 0,
         val_fold: int = 0,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         check_int("data.batch_p", batch_p, 1, "the classes per batch", 32)
@@ -115,6 +146,13 @@ class DMLDataModule(L.LightningDataModule):
         self.val_holdout, self.seed = val_holdout, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.datasets: dict[str, DMLDataset] = {}
+        if not isinstance(cache, bool):
+            raise ConfigError(f"data.cache must be true or false, got {cache!r}")
+        self.cache = cache
+        self.train_params = self.eval_params = None
+        if cache:
+            self.train_params = cacheable("data.train_transform", train_transform)
+            self.eval_params = cacheable("data.eval_transform", eval_transform)
 
     def split_records(self) -> dict[str, list[Record]]:
         splits = self.source.splits()
@@ -147,7 +185,33 @@ class DMLDataModule(L.LightningDataModule):
         for name, records in splits.items():
             transform = self.train_transform if name == "train" else self.eval_transform
             classes = shared if name in ("query", "gallery") else None
-            self.datasets[name] = DMLDataset(records, self.source.load, transform, classes)
+            if self.cache:
+                params = self.train_params if name == "train" else self.eval_params
+                images = cached_images(self.source, name, records, params)
+                normalize = (
+                    None if name == "train" else functools.partial(to_normalized, params=params)
+                )
+                self.datasets[name] = CachedDataset(records, images, normalize, classes)
+            else:
+                self.datasets[name] = DMLDataset(records, self.source.load, transform, classes)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With the cache, a training batch arrives as uint8 images: augment and normalise it
+        here, on the training device (a GPU does it for free; the transfer moved bytes, not
+        floats), with :func:`~dml.data.batch_transforms.batch_generator`'s per-batch seed from
+        ``(seed, epoch, the batch's dataset indices)``. Other batches pass unchanged."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else None
+        if self.train_params is None or x is None or x.dtype != torch.uint8:
+            return batch
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self.augment(batch, epoch)
+
+    def augment(self, batch: Any, epoch: int) -> Any:
+        """The training batch ``(uint8 images, labels, indices)`` of ``epoch`` with its images
+        augmented and normalised (what :meth:`on_after_batch_transfer` does in training)."""
+        x, *rest = batch
+        g = batch_generator(self.seed, epoch, rest[-1])
+        return [augment_batch(x, self.train_params, g), *rest]
 
     def _loader(self, dataset: DMLDataset, **kwargs) -> DataLoader:
         return DataLoader(

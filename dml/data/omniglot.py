@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dml.data.archive import download, extract_once
+from dml.data.archive import download, extract_once, md5sum
 from dml.data.image_io import load_image
 from dml.data.records import Record
 from dml.data.source import DatasetSource, cache_dir, data_root
@@ -109,6 +109,18 @@ class Omniglot(DatasetSource):
                 for r in out["train"]
             ]
         return out
+
+    def fingerprint(self, records: list[Record]) -> list:
+        """The extracted files' sizes and times (:meth:`DatasetSource.fingerprint`) and each
+        archive's size, modification time and MD5: a changed archive invalidates the tensor cache
+        even where its unpacked copy was not refreshed."""
+        archives = []
+        for stem in SPLITS.values():
+            path = self.root / f"{stem}.zip"
+            if path.is_file():
+                st = path.stat()
+                archives.append([str(path), st.st_size, st.st_mtime_ns, md5sum(path)])
+        return [archives, super().fingerprint(records)]
 
     def load(self, item: str | tuple[str, int]) -> Image.Image:
         """A file path, or ``(path, quarter_turns)`` for a rotated training class."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,28 @@ class DatasetSource(ABC):
     def load(self, item: Any) -> Image.Image:
         """Open one record's image (default: ``item`` is a file path)."""
         return load_image(item, self.image_mode)
+
+    def fingerprint(self, records: Sequence[Record]) -> list:
+        """What changes when the bytes behind ``records`` change, for the tensor cache
+        (:mod:`dml.data.tensor_cache`): ``[path, size, mtime_ns]`` of every file a record's item
+        names (a path, or the paths inside a tuple item); a missing file gives ``[path, None,
+        None]``, so the cache is rebuilt and the build names the file. Sources whose images are
+        not files override this."""
+        out = []
+        for r in records:
+            for path in item_paths(r.item):
+                try:
+                    st = os.stat(path)
+                    out.append([path, st.st_size, st.st_mtime_ns])
+                except OSError:
+                    out.append([path, None, None])
+        return out
+
+
+def item_paths(item: Any) -> list[str]:
+    """The file paths a record item names: itself if it is a path, its path members if a tuple."""
+    if isinstance(item, (str, os.PathLike)):
+        return [os.fspath(item)]
+    if isinstance(item, tuple):
+        return [p for member in item for p in item_paths(member)]
+    return []

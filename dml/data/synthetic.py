@@ -44,6 +44,10 @@ class Synthetic(DatasetSource):
         n = self.train_classes
         return {"train": records(range(n)), "test": records(range(n, n + self.test_classes))}
 
+    def fingerprint(self, records) -> list:
+        """Nothing on disk: the images are a function of the settings (part of the cache key)."""
+        return []
+
     def load(self, item: tuple[int, int]) -> Image.Image:
         cls, idx = item
         s = self.size
