@@ -108,6 +108,27 @@ def to_normalized(x: torch.Tensor, params: TransformParams) -> torch.Tensor:
     return x.sub(mean).div(std)
 
 
+def affine_batch(
+    x: torch.Tensor,
+    angle: torch.Tensor,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    scale: torch.Tensor,
+    fill: float,
+) -> torch.Tensor:
+    """Each image of the float ``N×C×H×W`` batch ``x`` rotated by ``angle[i]`` degrees about its
+    centre, scaled by ``scale[i]`` and shifted by ``(tx[i], ty[i])`` pixels, nearest-neighbour,
+    uncovered pixels ``fill``: torchvision's ``affine`` (tensor path) for a whole batch, as one
+    ``affine_grid`` + ``grid_sample``."""
+    n, c, h, w = x.shape
+    theta = affine_theta(angle, tx, ty, scale, h, w)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, c, h, w], align_corners=False)
+    # sampling (x − fill) with zero padding, then adding fill back, pads with fill; on whole
+    # pixel values both steps are exact
+    out = F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out + fill
+
+
 def augment_batch(x: torch.Tensor, params: TransformParams, g: torch.Generator) -> torch.Tensor:
     """Training augmentation of an ``N×C×H×W`` uint8 batch (on any device) with per-sample
     parameters from ``g``; returns normalised float images of ``params.size``."""
@@ -123,14 +144,5 @@ def augment_batch(x: torch.Tensor, params: TransformParams, g: torch.Generator) 
         x = torch.where(flip, x.flip(-1), x)
     if params.degrees or params.translate or params.scale != (1.0, 1.0):
         p = sample_affine(n, params, h, w, g)
-        theta = affine_theta(p["angle"], p["tx"], p["ty"], p["scale"], h, w)
-        grid = F.affine_grid(
-            theta.to(x.device, x.dtype), [n, x.shape[1], h, w], align_corners=False
-        )
-        # sampling (x − fill) with zero padding, then adding fill back, pads with fill; on whole
-        # numbers both subtractions are exact
-        x = F.grid_sample(
-            x - params.fill, grid, mode="nearest", padding_mode="zeros", align_corners=False
-        )
-        x = x + params.fill
+        x = affine_batch(x, p["angle"], p["tx"], p["ty"], p["scale"], params.fill)
     return to_normalized(x, params)

@@ -57,15 +57,17 @@ def describe(value: Any) -> Any:
 def cache_identity(
     source: DatasetSource, split: str, records: Sequence[Record], params: TransformParams
 ) -> dict[str, Any]:
-    """What the cached images are meant to be: source class and settings, split, records (item
-    and label, in order) and decode settings. Its hash names the cache file."""
+    """What the cached images are meant to be: source class and settings (its public,
+    non-callable attributes), split, records (item and label, in order) and decode settings. Its
+    hash names the cache file."""
+    settings = {k: v for k, v in vars(source).items() if not k.startswith("_") and not callable(v)}
     records_hash = hashlib.sha256(
         json.dumps([[describe(r.item), r.label] for r in records]).encode()
     ).hexdigest()
     return {
         "format": FORMAT,
         "source": type(source).__module__ + "." + type(source).__qualname__,
-        "settings": describe(vars(source)),
+        "settings": describe(settings),
         "split": split,
         "records": records_hash,
         "count": len(records),

@@ -1,0 +1,199 @@
+"""Training throughput of the default pipeline against the same model on pre-made batches.
+
+Everything is built from the real Hydra config (``conf/``, ``data=omniglot`` and the defaults:
+conv4, 28 px, P×K = 32×4, multi-similarity, AdamW) and trained through Lightning's
+``Trainer.fit`` with the DataModule, as ``dml-train`` does (validation, checkpoints and loggers
+off). Rows, measured in the same run:
+
+* ``model only``: the same model, loss and optimizer step (Lightning's per-step work included)
+  on batches made beforehand and held in memory: the peer every other row is compared with;
+* ``pipeline, data.cache=false``: P×K sampler → PNG decode → PIL resize + random affine per
+  image (the old path);
+* ``pipeline, data.cache=true``: sampler → decoded uint8 tensor cache → batched affine
+  (``on_after_batch_transfer``) → model.
+
+A step's time is the interval between consecutive ``on_train_batch_end`` calls (so it includes
+fetching and transforming the next batch); the median over ``--steps`` steps after ``--warmup``
+is reported as images/s. Bar (issue 11): pipeline / model only ≥ 0.95.
+
+The scaling table (issue 11, goal 5) *estimates* the training time per epoch (no validation) of
+the cached pipeline for P×K = 32×4, 64×4, 128×4 and embedding dimension 64, 128, 512: the median
+step time of a few timed steps × the sampler's steps per epoch.
+
+Needs the Omniglot zips in ``$DML_DATA_DIR/omniglot``; the tensor cache goes to
+``$DML_CACHE_DIR`` (its first build is timed apart as ``setup``). Usage:
+``python benchmarks/bench_pipeline.py [--steps 30] [--warmup 5] [--threads N] [--no-scaling]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from dml.data.sampler import PKBatchSampler  # noqa: E402
+from dml.training import build_module  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    """Records the time of every ``on_train_batch_end``."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+    def median_step(self, warmup: int) -> float:
+        """Median interval between batch ends, skipping the first ``warmup`` steps."""
+        gaps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        return statistics.median(gaps[max(0, warmup - 1) :])
+
+
+class Premade(Dataset):
+    """Batches made beforehand, served one per index (``DataLoader(batch_size=None)``)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.batches[i]
+
+
+def config(*overrides: str) -> DictConfig:
+    """The real config with ``data=omniglot`` and ``overrides`` (``run_dir``: a temporary folder,
+    nothing is written there)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "data=omniglot",
+                "logger=csv",
+                f"run_dir={tempfile.gettempdir()}/dml-bench",
+                *overrides,
+            ],
+        )
+
+
+def fit_steps(cfg: DictConfig, steps: int, datamodule: Any = None, loader: Any = None) -> StepTimer:
+    """Train ``steps`` steps of ``cfg``'s module through Lightning; return their timings."""
+    L.seed_everything(cfg.seed, verbose=False)
+    timer = StepTimer()
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[timer],
+        default_root_dir=None,
+    )
+    module = build_module(cfg)
+    if datamodule is not None:
+        trainer.fit(module, datamodule=datamodule)
+    else:
+        trainer.fit(module, train_dataloaders=loader)
+    return timer
+
+
+def datamodule(cfg: DictConfig) -> tuple[Any, float]:
+    """The config's DataModule, set up; with the seconds its setup took."""
+    start = time.perf_counter()
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    return dm, time.perf_counter() - start
+
+
+def premade_batches(dm: Any, n: int) -> list[Any]:
+    """``n`` training batches of ``dm`` as the model receives them (augmented, normalised)."""
+    batches = []
+    for i, batch in enumerate(DataLoader(dm.datasets["train"], batch_sampler=sampler(dm))):
+        if i == n:
+            break
+        batches.append(dm.augment(batch, 0) if batch[0].dtype == torch.uint8 else batch)
+    return batches
+
+
+def sampler(dm: Any) -> PKBatchSampler:
+    return PKBatchSampler(dm.datasets["train"].labels, dm.batch_p, dm.batch_k, dm.seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    total = args.warmup + args.steps
+    print(
+        f"conv4 / multisimilarity / AdamW on Omniglot 28 px, {torch.get_num_threads()} threads, "
+        f"median of {args.steps} steps after {args.warmup} warm-up",
+        flush=True,
+    )
+
+    rows: dict[str, tuple[float, float]] = {}
+    modules = {}
+    for cache in (False, True):
+        cfg = config(f"data.cache={str(cache).lower()}")
+        dm, setup_s = datamodule(cfg)
+        modules[cache] = (cfg, dm)
+        step = fit_steps(cfg, total, datamodule=dm).median_step(args.warmup)
+        rows[f"pipeline, data.cache={str(cache).lower()}"] = (step, setup_s)
+    cfg, dm = modules[True]
+    loader = DataLoader(Premade(premade_batches(dm, total)), batch_size=None)
+    peer = fit_steps(cfg, total, loader=loader).median_step(args.warmup)
+
+    batch = dm.batch_p * dm.batch_k
+    print(
+        f"{'model only (pre-made batches)':<34} {peer * 1e3:8.1f} ms/step {batch / peer:8.0f} img/s"
+    )
+    for name, (step, setup_s) in rows.items():
+        print(
+            f"{name:<34} {step * 1e3:8.1f} ms/step {batch / step:8.0f} img/s   "
+            f"ratio {peer / step:.2f} vs model only (bar 0.95)   setup {setup_s:.1f} s"
+        )
+
+    if args.no_scaling:
+        return
+    print(
+        "\nscaling (cached pipeline; epoch time ESTIMATED as median step x steps per epoch, "
+        "training only)"
+    )
+    print(f"{'P x K':>8} {'dim':>5} {'ms/step':>9} {'img/s':>7} {'steps/epoch':>12} {'s/epoch':>8}")
+    for p, dim in ((32, 128), (64, 128), (128, 128), (32, 64), (32, 512)):
+        run_cfg = config("data.cache=true", f"data.batch_p={p}", f"model.embedding_dim={dim}")
+        dm.batch_p = p  # same datasets, the new P
+        step = fit_steps(run_cfg, total, datamodule=dm).median_step(args.warmup)
+        per_epoch = len(sampler(dm))
+        print(
+            f"{f'{p} x {dm.batch_k}':>8} {dim:>5} {step * 1e3:9.1f} {p * dm.batch_k / step:7.0f} "
+            f"{per_epoch:12d} {step * per_epoch:8.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
