@@ -81,10 +81,12 @@ def mean_offdiagonal_cosine(embeddings: Tensor) -> Tensor:
 
 class References(NamedTuple):
     """Reference embeddings ``[N, d]`` and labels ``[N]`` the anchors of a batch are compared
-    with instead of the batch itself (none of them is an anchor)."""
+    with instead of the batch itself, and ``allowed`` ``[B, N]``: which references each anchor
+    may use (``None``: all of them; a reference that is the anchor itself must be disallowed)."""
 
     embeddings: Tensor
     labels: Tensor
+    allowed: Tensor | None = None
 
 
 @dataclass
@@ -98,6 +100,12 @@ class LossResult:
     tuples: Triplets | Pairs | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
     triplet_similarities: tuple[Tensor, Tensor] | None = None
+
+    def adopt(self, inner: LossResult) -> None:
+        """Take a wrapped loss's tuples and statistics, keeping this result's collapse indicator
+        (``mean_pairwise_sim``: over the real batch, whatever the wrapped loss saw)."""
+        self.tuples, self.triplet_similarities = inner.tuples, inner.triplet_similarities
+        self.stats.update({k: v for k, v in inner.stats.items() if k != "mean_pairwise_sim"})
 
     def record_triplets(self, s_ap: Tensor, s_an: Tensor) -> None:
         """Keep the cosine ``(S_ap, S_an)`` of the triplets used and their statistics."""
@@ -149,7 +157,7 @@ class DMLLoss(nn.Module, ABC):
         if references is None:
             out.value = self.compute(embeddings, labels, out, indices)
         elif self.takes_references:
-            refs = References(references.embeddings.to(embeddings.dtype), references.labels)
+            refs = references._replace(embeddings=references.embeddings.to(embeddings.dtype))
             out.value = self.compute(embeddings, labels, out, indices, refs)
         else:
             raise ConfigError(f"{type(self).__name__} compares a batch with itself only: it "
@@ -242,7 +250,7 @@ def mine(miner: Miner, distance: Distance, matrix: Tensor, embeddings: Tensor,
     if references is None:  # the batch against itself (miners written for B×B only still work)
         return miner.mine(matrix.detach(), labels) if same_measure else miner(embeddings, labels)
     if same_measure:
-        return miner.mine(matrix.detach(), labels, references.labels)
+        return miner.mine(matrix.detach(), labels, references.labels, references.allowed)
     return miner(embeddings, labels, *references)
 
 
@@ -289,6 +297,10 @@ class PairLoss(DMLLoss):
 
 def candidate_pairs(matrix: Tensor, references: References | None) -> int:
     """How many pairs a pair loss could use: ``B(B-1)`` off the diagonal of a batch against
-    itself, ``B·N`` against ``N`` references (at least 1)."""
+    itself, else the allowed ones of ``B·N`` against ``N`` references (at least 1)."""
     rows, cols = matrix.shape
-    return max(rows * cols if references is not None else rows * (rows - 1), 1)
+    if references is None:
+        return max(rows * (rows - 1), 1)
+    if references.allowed is None:
+        return max(rows * cols, 1)
+    return max(int(references.allowed.sum()), 1)

@@ -127,9 +127,7 @@ class EmbeddingExpansion(DMLLoss):
             )
         expanded, expanded_labels = self.expand(embeddings, labels)
         inner = self.loss.result(expanded, expanded_labels)
-        out.tuples = inner.tuples
-        out.triplet_similarities = inner.triplet_similarities
-        out.stats.update({k: v for k, v in inner.stats.items() if k != "mean_pairwise_sim"})
+        out.adopt(inner)
         out.stats["synthetic_fraction"] = synthetic_fraction(inner.tuples, len(labels),
                                                              embeddings.device)
         return inner.value

@@ -141,8 +141,7 @@ def _merge_stats(out: LossResult, parts: list[LossResult], candidates: list[int]
     """The statistics of the batch term and the memory term (if any) as one set of tuples;
     ``candidates``: the pairs each term could use (weights of a pair loss's active fraction)."""
     first = parts[0]
-    out.tuples = first.tuples
-    out.stats.update({k: v for k, v in first.stats.items() if k != "mean_pairwise_sim"})
+    out.adopt(first)
     counts = [_tuple_count(part) for part in parts]
     total = sum(counts)
     share = sum(counts[1:]) / total if total else float("nan")

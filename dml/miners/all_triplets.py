@@ -13,8 +13,8 @@ class AllTripletsMiner(TripletMiner):
     Returned in lexicographic order of ``(a, p, n)``; memory is O(B^3) booleans.
     """
 
-    def mine(self, matrix: Tensor, labels: Tensor,
-             ref_labels: Tensor | None = None) -> Triplets:
-        positive, negative = label_masks(labels, ref_labels)
+    def mine(self, matrix: Tensor, labels: Tensor, ref_labels: Tensor | None = None,
+             allowed: Tensor | None = None) -> Triplets:
+        positive, negative = label_masks(labels, ref_labels, allowed)
         a, p, n = (positive[:, :, None] & negative[:, None, :]).nonzero(as_tuple=True)
         return a, p, n

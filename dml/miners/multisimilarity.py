@@ -44,10 +44,10 @@ class MultiSimilarityMiner(PairMiner):
         super().__init__(distance)
         self.epsilon = epsilon
 
-    def mine(self, matrix: Tensor, labels: Tensor,
-             ref_labels: Tensor | None = None) -> Pairs:
+    def mine(self, matrix: Tensor, labels: Tensor, ref_labels: Tensor | None = None,
+             allowed: Tensor | None = None) -> Pairs:
         close = self.distance.closeness(matrix)
-        positive, negative = label_masks(labels, ref_labels)
+        positive, negative = label_masks(labels, ref_labels, allowed)
         keep_pos, keep_neg = ms_pair_masks(close, positive, close, negative, self.epsilon)
         return (*keep_pos.nonzero(as_tuple=True), *keep_neg.nonzero(as_tuple=True))
 

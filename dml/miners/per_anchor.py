@@ -47,10 +47,10 @@ class PerAnchorTripletMiner(TripletMiner):
         self.negative = negative
         self.exclude_duplicates = exclude_duplicates
 
-    def mine(self, matrix: Tensor, labels: Tensor,
-             ref_labels: Tensor | None = None) -> Triplets:
+    def mine(self, matrix: Tensor, labels: Tensor, ref_labels: Tensor | None = None,
+             allowed: Tensor | None = None) -> Triplets:
         close = self.distance.closeness(matrix)
-        positive, negative = label_masks(labels, ref_labels)
+        positive, negative = label_masks(labels, ref_labels, allowed)
         if self.exclude_duplicates:
             positive &= ~self.distance.near_duplicate(matrix)
         if self.positive == "hardest":

@@ -29,17 +29,17 @@ class FaceNetSemiHardMiner(TripletMiner):
         super().__init__(distance)
         self.margin = margin
 
-    def mine(self, matrix: Tensor, labels: Tensor,
-             ref_labels: Tensor | None = None) -> Triplets:
+    def mine(self, matrix: Tensor, labels: Tensor, ref_labels: Tensor | None = None,
+             allowed: Tensor | None = None) -> Triplets:
         close = self.distance.closeness(matrix)
-        positive, negative = label_masks(labels, ref_labels)
+        positive, negative = label_masks(labels, ref_labels, allowed)
         a, p = positive.nonzero(as_tuple=True)
         row = close[a]
         c_ap = close[a, p][:, None]
-        allowed = negative[a] & (row < c_ap)
+        band = negative[a] & (row < c_ap)
         if self.margin is not None:
-            allowed &= row > c_ap - self.margin
-        n, found = masked_argmax(row, allowed)
+            band &= row > c_ap - self.margin
+        n, found = masked_argmax(row, band)
         return a[found], p[found], n[found]
 
     def __repr__(self) -> str:
