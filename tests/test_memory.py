@@ -5,6 +5,8 @@ classes present only in the memory, duplicates and identical embeddings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -20,7 +22,8 @@ from dml.losses import (
 from dml.losses.base import References
 from dml.losses.memory import CrossBatchMemory
 
-Ref = list[tuple[torch.Tensor, int]]  # (embedding, label) pairs: a memory or the batch itself
+Ref = list[tuple[torch.Tensor, int]]  # (embedding, label) pairs an anchor is compared with
+RefsOf = Callable[[int], Ref]  # anchor index -> its references
 
 
 # ----------------------------------------------------------------------------- references
@@ -32,12 +35,20 @@ def dist(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u - v).sum() * 0 if torch.equal(u, v) else ((u - v) ** 2).sum().sqrt()
 
 
-def candidates(x, labels, refs: Ref, i: int, batch: bool):
-    """Indices of anchor i's positives and negatives among refs (the anchor itself excluded
-    when refs is the batch)."""
-    pos = [j for j, (_, y) in enumerate(refs) if y == labels[i] and not (batch and j == i)]
+def candidates(labels, refs: Ref, i: int):
+    """Indices of anchor i's positives and negatives among its references."""
+    pos = [j for j, (_, y) in enumerate(refs) if y == labels[i]]
     neg = [j for j, (_, y) in enumerate(refs) if y != labels[i]]
     return pos, neg
+
+
+def batch_refs(x, labels) -> RefsOf:
+    """The batch, the anchor itself left out (index order kept)."""
+    return lambda i: [(x[j], labels[j]) for j in range(len(labels)) if j != i]
+
+
+def same_refs(refs: Ref) -> RefsOf:
+    return lambda i: refs
 
 
 def first_best(indices: list[int], score) -> int:
@@ -48,11 +59,12 @@ def first_best(indices: list[int], score) -> int:
     return best
 
 
-def ref_margin_batch_hard(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
+def ref_margin_batch_hard(x, labels, refs_of: RefsOf) -> torch.Tensor:
     """Margin 0.2, Euclidean, hardest positive and negative per anchor; mean."""
     terms = []
     for i in range(len(labels)):
-        pos, neg = candidates(x, labels, refs, i, batch)
+        refs = refs_of(i)
+        pos, neg = candidates(labels, refs, i)
         if not pos or not neg:
             continue
         d = {j: dist(x[i], refs[j][0]).item() for j in pos + neg}
@@ -62,13 +74,14 @@ def ref_margin_batch_hard(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
     return sum(terms) / len(terms) if terms else x.sum() * 0
 
 
-def ref_sct(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
+def ref_sct(x, labels, refs_of: RefsOf) -> torch.Tensor:
     """SCT defaults: closest positive (no near-duplicates), closest negative, |S| < 1 valid,
     hard if S_an > S_ap or S_an > 0.8 (term S_an), else softplus((S_an - S_ap)/0.1)."""
     bound = 1 - 16 * 2.0**-52
     terms = []
     for i in range(len(labels)):
-        pos, neg = candidates(x, labels, refs, i, batch)
+        refs = refs_of(i)
+        pos, neg = candidates(labels, refs, i)
         pos = [j for j in pos if cos(x[i], refs[j][0]).item() <= 0.9999]
         if not pos or not neg:
             continue
@@ -82,11 +95,12 @@ def ref_sct(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
     return sum(terms) / len(terms) if terms else x.sum() * 0
 
 
-def ref_multisimilarity(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
+def ref_multisimilarity(x, labels, refs_of: RefsOf) -> torch.Tensor:
     """MS mining (ε = 0.1) and loss (α = 2, β = 50, λ = 0.5), mean over the B anchors."""
     total = x.sum() * 0
     for i in range(len(labels)):
-        pos, neg = candidates(x, labels, refs, i, batch)
+        refs = refs_of(i)
+        pos, neg = candidates(labels, refs, i)
         s = {j: cos(x[i], refs[j][0]) for j in pos + neg}
         if pos and neg:
             hardest_pos = min(s[j].item() for j in pos)
@@ -101,12 +115,13 @@ def ref_multisimilarity(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
     return total / len(labels)
 
 
-def ref_contrastive(x, labels, refs: Ref, batch: bool) -> torch.Tensor:
+def ref_contrastive(x, labels, refs_of: RefsOf) -> torch.Tensor:
     """Euclidean, margins 0 (positives) and 1 (negatives), each hinge averaged over its non-zero
     terms, over all pairs."""
     pos_terms, neg_terms = [], []
     for i in range(len(labels)):
-        pos, neg = candidates(x, labels, refs, i, batch)
+        refs = refs_of(i)
+        pos, neg = candidates(labels, refs, i)
         pos_terms += [torch.relu(dist(x[i], refs[j][0])) for j in pos]
         neg_terms += [torch.relu(1 - dist(x[i], refs[j][0])) for j in neg]
     total = x.sum() * 0
@@ -134,10 +149,10 @@ class ReferenceMemory:
 
     def __call__(self, x: torch.Tensor, labels: list[int]) -> torch.Tensor:
         batch = [(x[i], labels[i]) for i in range(len(labels))]
-        value = self.ref(x, labels, batch, True)
+        value = self.ref(x, labels, batch_refs(x, labels))
         warm = self.steps >= self.warmup
         if warm and self.memory:
-            value = value + self.weight * self.ref(x, labels, self.memory, False)
+            value = value + self.weight * self.ref(x, labels, same_refs(self.memory))
         self.steps += 1
         if warm:
             self.memory = (self.memory + [(e.detach().clone(), y) for e, y in batch])[-self.size:]
@@ -250,8 +265,11 @@ def test_pair_statistics_are_weighted_by_pairs():
 def test_warmup_epochs_hold_the_memory_back():
     loss = CrossBatchMemory(SCTLoss(), size=16, embedding_dim=5, warmup_epochs=1)
     x, labels = torch.randn(8, 5), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    loss(x, labels)
+    out = loss.result(x, labels)
     assert int(loss.memory_count) == 0
+    assert out.stats["memory_fraction"].item() == 0
+    torch.testing.assert_close(out.triplet_similarities, SCTLoss().result(x, labels)
+                               .triplet_similarities)  # the diagram still gets the batch's
     loss.set_epoch(1)
     loss(x, labels)
     assert int(loss.memory_count) == 8
