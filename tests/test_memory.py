@@ -383,3 +383,21 @@ def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
     assert full.keys() == resumed.keys()
     for key, value in full.items():
         assert torch.equal(resumed[key], value), key
+
+
+def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from dml.models import DMLModule
+    from dml.models.backbone import EmbeddingNet
+
+    module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
+                       CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8),
+                       torch.optim.SGD, cross_rank_mining=False)
+    module._trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ConfigError, match=r"^memory=xbm under DDP .*module.cross_rank_mining=true"):
+        module.on_fit_start()
+    module._trainer = SimpleNamespace(world_size=1)
+    module.on_fit_start()  # one process: its memory is the global one
+    module.cross_rank_mining, module._trainer = True, SimpleNamespace(world_size=2)
+    module.on_fit_start()

@@ -21,6 +21,7 @@ from dml.errors import ConfigError, DivergenceError
 from dml.eval import nmi, retrieval_metrics
 from dml.eval.retrieval import positive_ks
 from dml.losses.base import DMLLoss
+from dml.losses.memory import CrossBatchMemory
 from dml.models.backbone import EmbeddingNet
 from dml.seeding import epoch_seed
 
@@ -84,6 +85,16 @@ class DMLModule(L.LightningModule):
         return self.net(x)
 
     # ---- training -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """A cross-batch memory under DDP needs the global batch: DDP broadcasts rank 0's
+        buffers before every step, so per-rank memories would silently become rank 0's."""
+        memory = any(isinstance(m, CrossBatchMemory) for m in self.loss.modules())
+        if memory and not self.cross_rank_mining and self.trainer.world_size > 1:
+            raise ConfigError(
+                "memory=xbm under DDP keeps the global batch of all ranks: set "
+                "module.cross_rank_mining=true (or drop memory=)"
+            )
+
     def on_train_epoch_start(self) -> None:
         L.seed_everything(epoch_seed(self.seed, self.current_epoch), workers=True, verbose=False)
         self.loss.set_epoch(self.current_epoch)
