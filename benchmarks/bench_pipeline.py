@@ -14,7 +14,8 @@ off). Rows, measured in the same run:
 
 A step's time is the interval between consecutive ``on_train_batch_end`` calls (so it includes
 fetching and transforming the next batch); the median over ``--steps`` steps after ``--warmup``
-is reported as images/s. Bar (issue 11): pipeline / model only ≥ 0.95.
+is a row's time in one round; the three rows are measured interleaved for ``--rounds`` rounds and
+the median round is reported, as ms/step and images/s. Bar (issue 11): pipeline / model only ≥ 0.95.
 
 The scaling table (issue 11, goal 5) *estimates* the training time per epoch (no validation) of
 the cached pipeline for P×K = 32×4, 64×4, 128×4 and embedding dimension 64, 128, 512: the median
@@ -22,16 +23,19 @@ step time of a few timed steps × the sampler's steps per epoch.
 
 Needs the Omniglot zips in ``$DML_DATA_DIR/omniglot``; the tensor cache goes to
 ``$DML_CACHE_DIR`` (its first build is timed apart as ``setup``). Usage:
-``python benchmarks/bench_pipeline.py [--steps 30] [--warmup 5] [--threads N] [--no-scaling]``.
+``python benchmarks/bench_pipeline.py [--steps 30] [--warmup 5] [--rounds 3] [--threads N]
+[--no-scaling]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +147,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="the three rows are measured interleaved, R times"
+    )
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
@@ -154,27 +163,42 @@ def main() -> None:
         flush=True,
     )
 
-    rows: dict[str, tuple[float, float]] = {}
-    modules = {}
+    setups, dms = {}, {}
     for cache in (False, True):
         cfg = config(f"data.cache={str(cache).lower()}")
-        dm, setup_s = datamodule(cfg)
-        modules[cache] = (cfg, dm)
-        step = fit_steps(cfg, total, datamodule=dm).median_step(args.warmup)
-        rows[f"pipeline, data.cache={str(cache).lower()}"] = (step, setup_s)
-    cfg, dm = modules[True]
+        dms[cache], setups[cache] = datamodule(cfg), cfg
+    dm = dms[True][0]
     loader = DataLoader(Premade(premade_batches(dm, total)), batch_size=None)
-    peer = fit_steps(cfg, total, loader=loader).median_step(args.warmup)
+    steps: dict[str, list[float]] = {"model": [], False: [], True: []}
+    for _ in range(args.rounds):  # interleaved: a load change on the machine hits every row
+        steps["model"].append(
+            fit_steps(setups[True], total, loader=loader).median_step(args.warmup)
+        )
+        for cache in (False, True):
+            timer = fit_steps(setups[cache], total, datamodule=dms[cache][0])
+            steps[cache].append(timer.median_step(args.warmup))
 
     batch = dm.batch_p * dm.batch_k
+    peer = statistics.median(steps["model"])
     print(
-        f"{'model only (pre-made batches)':<34} {peer * 1e3:8.1f} ms/step {batch / peer:8.0f} img/s"
+        f"{'model only (pre-made batches)':<30} {peer * 1e3:8.1f} ms/step {batch / peer:6.0f} img/s"
     )
-    for name, (step, setup_s) in rows.items():
+    for cache in (False, True):
+        step = statistics.median(steps[cache])
         print(
-            f"{name:<34} {step * 1e3:8.1f} ms/step {batch / step:8.0f} img/s   "
-            f"ratio {peer / step:.2f} vs model only (bar 0.95)   setup {setup_s:.1f} s"
+            f"{f'pipeline, data.cache={str(cache).lower()}':<30} {step * 1e3:8.1f} ms/step "
+            f"{batch / step:6.0f} img/s   ratio {peer / step:.2f} vs model only (bar 0.95)   "
+            f"setup {dms[cache][1]:.1f} s"
         )
+    print(
+        f"(medians over {args.rounds} interleaved rounds; per round, ms/step: "
+        + "; ".join(
+            f"{k if k == 'model' else f'cache={str(k).lower()}'} "
+            + " ".join(f"{v * 1e3:.0f}" for v in steps[k])
+            for k in ("model", False, True)
+        )
+        + ")"
+    )
 
     if args.no_scaling:
         return

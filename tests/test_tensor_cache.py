@@ -398,3 +398,22 @@ def test_same_seed_gives_identical_metrics_with_the_cache(tmp_path: Path, monkey
     wb = torch.load(Path(b["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)
     for k, v in wa["state_dict"].items():
         assert torch.equal(v, wb["state_dict"][k]), k
+
+
+def test_killed_run_with_the_cache_resumes_bit_identically(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DML_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = ["data.cache=true", "+data.train_transform.degrees=10"]
+    train(tiny_config(tmp_path / "full", *overrides))
+    crash = [
+        "+callbacks.crash._target_=tests.test_training.StopAfter",
+        "+callbacks.crash.epoch=1",
+        "+callbacks.crash.batch=2",
+    ]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(tmp_path / "resumed", *overrides, *crash))
+    train(tiny_config(tmp_path / "resumed", *overrides, "ckpt_path=last"))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == full["global_step"]
+    for k, v in full["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][k], v), k
