@@ -8,9 +8,11 @@ is reset (Linux ``/proc/self/clear_refs``) and ``run(state)`` is timed; the repo
 
 from __future__ import annotations
 
+import argparse
 import gc
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -107,3 +109,52 @@ def report(name: str, m: Measurement, ref: Measurement | None = None, ref_name: 
             f" vs {ref_name}"
         )
     print(line, flush=True)
+
+
+def add_batch_args(parser: argparse.ArgumentParser, batch: int, dim: int) -> None:
+    """``--batch``, ``--dim``, ``--per-class`` and the timing options."""
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--dim", type=int, default=dim)
+    parser.add_argument("--per-class", type=int, default=4)
+    add_timing_args(parser)
+
+
+def unit_batch(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Sets the thread count and seed 0; a batch of ``args.batch`` unit embeddings (float32,
+    requiring grad) of ``args.dim``, ``args.per_class`` per class."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(args.batch, args.dim), dim=1).requires_grad_()
+    return x, torch.arange(args.batch) // args.per_class
+
+
+def add_timing_args(parser: argparse.ArgumentParser, repeats: int = 30, warmup: int = 3) -> None:
+    """``--repeats``, ``--warmup`` and ``--threads`` (intra-op threads, default 1)."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)"
+    )
+
+
+def interleaved_median_ms(fns: list[Callable[[Any, Any], Any]], x: Any, labels: Any,
+                          repeats: int, warmup: int) -> list[float]:
+    """Median milliseconds of a forward + backward of each ``fn(x, labels)``, the functions
+    interleaved (so that machine noise hits all alike), after ``warmup`` rounds."""
+    def once(fn: Callable[[Any, Any], Any]) -> float:
+        x.grad = None
+        start = time.perf_counter()
+        fn(x, labels).backward()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for fn in fns:
+            once(fn)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times, strict=True):
+            t.append(once(fn))
+    return [statistics.median(t) * 1e3 for t in times]

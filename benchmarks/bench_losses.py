@@ -17,12 +17,10 @@ both sides).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from _common import add_batch_args, interleaved_median_ms, unit_batch
 from pytorch_metric_learning import distances, losses, miners
 
 from dml.losses import MarginTripletLoss, MultiSimilarityLoss, SCTLoss
@@ -60,43 +58,18 @@ def pairs() -> dict[str, tuple[LossFn, LossFn]]:
     }
 
 
-def step(fn: LossFn, x: torch.Tensor, labels: torch.Tensor) -> float:
-    x.grad = None
-    start = time.perf_counter()
-    fn(x, labels).backward()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--per-class", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)"
-    )
+    add_batch_args(parser, batch=512, dim=512)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    torch.manual_seed(0)
-    x = F.normalize(torch.randn(args.batch, args.dim), dim=1).requires_grad_()
-    labels = torch.arange(args.batch) // args.per_class
+    x, labels = unit_batch(args)
     print(
         f"B={args.batch} d={args.dim} float32 CPU threads={torch.get_num_threads()} "
         f"torch={torch.__version__}; median of {args.repeats} forward+backward"
     )
     print(f"{'loss':<20} {'ours ms':>9} {'PML ms':>9} {'PML/ours':>9}")
     for name, (ours, theirs) in pairs().items():
-        for _ in range(args.warmup):
-            step(ours, x, labels)
-            step(theirs, x, labels)
-        t_ours, t_pml = [], []
-        for _ in range(args.repeats):
-            t_ours.append(step(ours, x, labels))
-            t_pml.append(step(theirs, x, labels))
-        a, b = statistics.median(t_ours) * 1e3, statistics.median(t_pml) * 1e3
+        a, b = interleaved_median_ms([ours, theirs], x, labels, args.repeats, args.warmup)
         print(f"{name:<20} {a:9.2f} {b:9.2f} {b / a:9.2f}")
 
 

@@ -16,19 +16,15 @@ Ratio = PML time / our time (> 1: we are faster). Run: ``python benchmarks/bench
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import add_batch_args, interleaved_median_ms, unit_batch
 from pytorch_metric_learning import distances, losses, miners
 
 from dml.losses import MarginTripletLoss
 from dml.losses.memory import CrossBatchMemory
 from dml.miners import BatchHardMiner
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ours(memory: torch.Tensor, memory_labels: torch.Tensor) -> CrossBatchMemory:
@@ -54,13 +50,6 @@ def pml(memory: torch.Tensor, memory_labels: torch.Tensor) -> torch.nn.Module:
     return loss
 
 
-def step(fn: LossFn, x: torch.Tensor, labels: torch.Tensor) -> float:
-    x.grad = None
-    start = time.perf_counter()
-    fn(x, labels).backward()
-    return time.perf_counter() - start
-
-
 def memory_bytes(module: torch.nn.Module) -> int:
     tensors = list(module.buffers()) or [module.embedding_memory, module.label_memory]
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -68,21 +57,10 @@ def memory_bytes(module: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dim", type=int, default=128)
+    add_batch_args(parser, batch=128, dim=128)
     parser.add_argument("--memory", type=int, default=8192)
-    parser.add_argument("--per-class", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)"
-    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    torch.manual_seed(0)
-    x = F.normalize(torch.randn(args.batch, args.dim), dim=1).requires_grad_()
-    labels = torch.arange(args.batch) // args.per_class
+    x, labels = unit_batch(args)
     memory = F.normalize(torch.randn(args.memory, args.dim), dim=1)
     memory_labels = torch.randint(0, args.memory // 4, (args.memory,))
     a, b = ours(memory, memory_labels), pml(memory, memory_labels)
@@ -91,14 +69,7 @@ def main() -> None:
         f"threads={torch.get_num_threads()} torch={torch.__version__}; median of {args.repeats} "
         "forward+backward (batch-hard triplet, memory full)"
     )
-    for _ in range(args.warmup):
-        step(a, x, labels)
-        step(b, x, labels)
-    t_ours, t_pml = [], []
-    for _ in range(args.repeats):
-        t_ours.append(step(a, x, labels))
-        t_pml.append(step(b, x, labels))
-    ms_ours, ms_pml = statistics.median(t_ours) * 1e3, statistics.median(t_pml) * 1e3
+    ms_ours, ms_pml = interleaved_median_ms([a, b], x, labels, args.repeats, args.warmup)
     print(f"{'':<22} {'ours':>10} {'PML':>10} {'PML/ours':>9}")
     print(f"{'time (ms)':<22} {ms_ours:10.2f} {ms_pml:10.2f} {ms_pml / ms_ours:9.2f}")
     bytes_ours, bytes_pml = memory_bytes(a), memory_bytes(b)

@@ -157,7 +157,7 @@ def test_statistics_count_synthetic_tuples():
     "make,message",
     [
         (lambda: HardNegativeMixing(LoOpTripletLoss()),
-         r"^synthesis=mochi wraps a triplet or pair loss .* got LoOpTripletLoss: choose"),
+         r"^synthesis=mochi wraps a triplet or pair loss .* got LoOpTripletLoss .*: choose"),
         (lambda: HardNegativeMixing(SCTLoss(), hardest=0),
          r"^synthesis.hardest must be an integer >= 1"),
         (lambda: HardNegativeMixing(SCTLoss(), beta_max=0.7),

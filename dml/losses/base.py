@@ -128,6 +128,18 @@ def check_miner(miner: object, kind: type, name: str) -> None:
         )
 
 
+def check_wrappable(loss: object, option: str) -> None:
+    """:class:`~dml.errors.ConfigError` unless ``loss`` is a triplet or pair loss that takes
+    ``references`` (what ``memory=`` and ``synthesis=`` wrap); ``option`` names the wrapper."""
+    if not (isinstance(loss, DMLLoss) and loss.takes_references):
+        raise ConfigError(
+            f"{option} wraps a triplet or pair loss whose miner picks tuples among extra points, "
+            f"got {type(loss).__name__} (LoOp forms pairs of pairs inside the batch, pml has no "
+            f"tuples of its own): choose e.g. loss=triplet_batchhard, loss=sct, "
+            f"loss=contrastive or loss=multisimilarity, or drop {option.split('=')[0]}="
+        )
+
+
 class DMLLoss(nn.Module, ABC):
     """A metric-learning loss ``L(embeddings, labels)`` with per-batch statistics
     (:class:`LossResult`).

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from dml.config_checks import check_choice, check_int
 from dml.errors import ConfigError
-from dml.losses.base import DMLLoss, LossResult, PairLoss, TripletLoss, mean_or_nan
+from dml.losses.base import DMLLoss, LossResult, check_wrappable, mean_or_nan
 from dml.miners.base import Pairs, Triplets
 
 PairRule = Literal["disjoint", "all"]
@@ -95,12 +95,7 @@ class EmbeddingExpansion(DMLLoss):
 
     def __init__(self, loss: DMLLoss, points: int = 2, pairs: PairRule = "disjoint",
                  normalize: bool = True) -> None:
-        if not isinstance(loss, (TripletLoss, PairLoss)):
-            raise ConfigError(
-                f"synthesis=embedding_expansion wraps a triplet or pair loss whose miner picks "
-                f"tuples, got {type(loss).__name__}: choose e.g. loss=triplet_batchhard, "
-                f"loss=sct, loss=contrastive or loss=multisimilarity"
-            )
+        check_wrappable(loss, "synthesis=embedding_expansion")
         check_int("synthesis.points", points, 1, "synthetic points per positive pair", 2)
         check_choice("synthesis.pairs", pairs, get_args(PairRule))
         if not isinstance(normalize, bool):

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from dml.config_checks import check_int, check_range
 from dml.errors import ConfigError
-from dml.losses.base import DMLLoss, LossResult, References
+from dml.losses.base import DMLLoss, LossResult, References, check_wrappable
 
 
 class CrossBatchMemory(DMLLoss):
@@ -42,13 +42,7 @@ class CrossBatchMemory(DMLLoss):
 
     def __init__(self, loss: DMLLoss, size: int = 4096, embedding_dim: int = 128,
                  weight: float = 1.0, warmup_steps: int = 0, warmup_epochs: int = 0) -> None:
-        if not isinstance(loss, DMLLoss) or not loss.takes_references:
-            raise ConfigError(
-                f"memory=xbm needs a triplet or pair loss that can compare a batch with a memory; "
-                f"{type(loss).__name__} cannot (LoOp forms pairs of pairs inside the batch, the "
-                f"PML bridge has PML's CrossBatchMemory, synthesis= wrappers make their own "
-                f"points): choose another loss, or memory=null"
-            )
+        check_wrappable(loss, "memory=xbm")
         check_int("memory.size", size, 1, "embeddings kept", 4096)
         check_int("memory.embedding_dim", embedding_dim, 1, "the model's embedding size", 128)
         check_range("memory.weight", weight, 0)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from dml.config_checks import check_int, check_range
 from dml.errors import ConfigError
-from dml.losses.base import DMLLoss, LossResult, PairLoss, References, TripletLoss
+from dml.losses.base import DMLLoss, LossResult, References, check_wrappable
 from dml.losses.embedding_expansion import synthetic_fraction
 
 
@@ -43,12 +43,7 @@ class HardNegativeMixing(DMLLoss):
 
     def __init__(self, loss: DMLLoss, hardest: int = 32, mixed: int = 16, anchor_mixed: int = 8,
                  beta_max: float = 0.5) -> None:
-        if not isinstance(loss, (TripletLoss, PairLoss)):
-            raise ConfigError(
-                f"synthesis=mochi wraps a triplet or pair loss whose miner picks tuples, got "
-                f"{type(loss).__name__}: choose e.g. loss=sct, loss=triplet_batchhard, "
-                f"loss=contrastive or loss=multisimilarity"
-            )
+        check_wrappable(loss, "synthesis=mochi")
         check_int("synthesis.hardest", hardest, 1, "hard negatives to mix from", 32)
         check_int("synthesis.mixed", mixed, 0, "mixtures of two negatives per anchor", 16)
         check_int("synthesis.anchor_mixed", anchor_mixed, 0,
