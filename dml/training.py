@@ -38,7 +38,13 @@ def build_module(cfg: DictConfig) -> DMLModule:
             f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
             "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
         )
-    for wrapper in ("synthesis", "memory"):  # synthetic points first, then a memory around them
+    if cfg.get("synthesis") and cfg.get("memory"):
+        raise ConfigError("memory= and synthesis= cannot be combined yet (the memory would hold "
+                          "real embeddings only): drop one of them")
+    if cfg.get("synthesis") and not cfg.model.get("normalize", True):
+        raise ConfigError("synthesis= makes unit-norm points: set model.normalize=true (or drop "
+                          "synthesis=)")
+    for wrapper in ("synthesis", "memory"):
         if cfg.get(wrapper):
             loss = instantiate(cfg[wrapper])(loss=loss)
     return DMLModule(

@@ -129,7 +129,8 @@ def memory_run(rank: int = 0, world: int = 1) -> tuple[list, dict[str, torch.Ten
         optimizer=partial(torch.optim.SGD, lr=0.1),
     )
     step = TrainingStep(module)
-    model = DistributedDataParallel(step) if world > 1 else step
+    # no buffer broadcast (as DMLModule asks Lightning's DDP): identical memories by construction
+    model = DistributedDataParallel(step, broadcast_buffers=False) if world > 1 else step
     x, labels = features()
     steps = []
     for _, shard in zip(range(3), PKBatchSampler(labels, P, K, SEED, rank, world), strict=False):

@@ -367,7 +367,7 @@ def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
     from tests.training_utils import tiny_config
 
     overrides = ("loss=triplet_batchhard", "memory=xbm", "memory.size=24",
-                 "memory.warmup_epochs=0", "trainer.max_epochs=3")
+                 "trainer.max_epochs=3")  # warm-up epoch 0: the resumed run must know its epoch
     full_dir, crash_dir = tmp_path / "full", tmp_path / "crash"
     train(tiny_config(full_dir, *overrides))
     crash = tiny_config(crash_dir, *overrides,
@@ -401,3 +401,37 @@ def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
     module.on_fit_start()  # one process: its memory is the global one
     module.cross_rank_mining, module._trainer = True, SimpleNamespace(world_size=2)
     module.on_fit_start()
+
+
+def test_ddp_does_not_broadcast_the_memory():
+    from dml.models import DMLModule
+    from dml.models.backbone import EmbeddingNet
+
+    module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
+                       CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8), torch.optim.SGD)
+    ignored = set(module._ddp_params_and_buffers_to_ignore)
+    assert ignored == {n for n, _ in module.named_buffers() if n.startswith("loss.")}
+    assert "loss.memory_embeddings" in ignored
+    plain = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1), SCTLoss(),
+                      torch.optim.SGD)
+    assert plain._ddp_params_and_buffers_to_ignore == []
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("memory=xbm", "synthesis=mochi"), r"^memory= and synthesis= cannot be combined yet"),
+        (("synthesis=embedding_expansion", "+model.normalize=false"),
+         r"^synthesis= makes unit-norm points: set model.normalize=true"),
+        (("loss=triplet_all", "memory=xbm"),
+         r"^memory=xbm with loss/miner=all_triplets .* choose another miner"),
+        (("loss=triplet_all", "synthesis=mochi"), r"^synthesis=mochi with loss/miner=all_triplets"),
+    ],
+)
+def test_impossible_wrapper_configs_are_one_line_errors(tmp_path, overrides, message):
+    from dml.training import build_module
+    from tests.training_utils import tiny_config
+
+    with pytest.raises(ConfigError, match=message) as error:
+        build_module(tiny_config(tmp_path, *overrides))
+    assert "\n" not in str(error.value)

@@ -150,6 +150,31 @@ def test_an_edited_image_file_invalidates_the_cache(omniglot_root: Path):
     assert (after[5] == 7).all() and not torch.equal(before[5], after[5])
 
 
+def test_a_same_size_image_put_back_with_its_old_mtime_invalidates_the_cache(omniglot_root: Path):
+    """As ``cp -p`` or ``rsync -a`` leave it: same size, same mtime, other bytes (ctime moved)."""
+    source = Omniglot(omniglot_root)
+    records = source.splits()["train"]
+    path = Path(records[5].item)
+    path.write_bytes(png_bytes(7))
+    assert (cached_images(source, "train", records, eval_params())[5] == 7).all()
+    stat = path.stat()
+    assert len(png_bytes(8)) == stat.st_size
+    path.write_bytes(png_bytes(8))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert (cached_images(source, "train", records, eval_params())[5] == 8).all()
+
+
+def test_the_cached_training_split_cannot_be_evaluated_raw(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(tiny_config(tmp_path, "data.cache=true").data)
+    datamodule.setup()
+    with pytest.raises(DatasetError, match=r"^the cached training split .* data.cache=false$"):
+        datamodule.eval_dataloader("train")
+    assert datamodule.eval_dataloader("test")
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -250,6 +250,11 @@ class DMLDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> list[DataLoader]:
         """Loaders to evaluate ``split`` (``val``, ``test``, or ``query`` → query + gallery)."""
+        if split == "train" and self.cache:
+            raise DatasetError(
+                "the cached training split holds raw images, augmented and normalised per "
+                "training batch: evaluate it with data.cache=false"
+            )
         needed = ("query", "gallery") if split in ("query", "gallery") else (split,)
         if not set(needed) <= set(self.datasets):
             raise DatasetError(

@@ -56,18 +56,19 @@ class DatasetSource(ABC):
 
     def fingerprint(self, records: Sequence[Record]) -> list:
         """What changes when the bytes behind ``records`` change, for the tensor cache
-        (:mod:`dml.data.tensor_cache`): ``[path, size, mtime_ns]`` of every file a record's item
-        names (a path, or the paths inside a tuple item); a missing file gives ``[path, None,
-        None]``, so the cache is rebuilt and the build names the file. Sources whose images are
-        not files override this."""
+        (:mod:`dml.data.tensor_cache`): ``[path, size, mtime_ns, inode, ctime_ns]`` of every file
+        a record's item names (a path, or the paths inside a tuple item; inode and ctime catch a
+        same-size file put in place with its old mtime, as ``cp -p`` or ``rsync -a`` do); a
+        missing file gives ``[path, None, None, None, None]``, so the cache is rebuilt and the
+        build names the file. Sources whose images are not files override this."""
         out = []
         for r in records:
             for path in item_paths(r.item):
                 try:
                     st = os.stat(path)
-                    out.append([path, st.st_size, st.st_mtime_ns])
+                    out.append([path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
                 except OSError:
-                    out.append([path, None, None])
+                    out.append([path, None, None, None, None])
         return out
 
 

@@ -41,6 +41,7 @@ from dml.config_checks import check_choice
 from dml.distances import CosineSimilarity, Distance, get_distance
 from dml.errors import ConfigError
 from dml.miners.all_pairs import AllPairsMiner
+from dml.miners.all_triplets import AllTripletsMiner
 from dml.miners.base import Miner, PairMiner, Pairs, TripletMiner, Triplets
 
 Reduction = Literal["mean", "mean_nonzero"]
@@ -128,9 +129,15 @@ def check_miner(miner: object, kind: type, name: str) -> None:
         )
 
 
-def check_wrappable(loss: object, option: str) -> None:
+def check_wrappable(loss: object, option: str, references: bool = True) -> None:
     """:class:`~dml.errors.ConfigError` unless ``loss`` is a triplet or pair loss that takes
-    ``references`` (what ``memory=`` and ``synthesis=`` wrap); ``option`` names the wrapper."""
+    ``references`` (what ``memory=`` and ``synthesis=`` wrap); ``option`` names the wrapper.
+    With ``references`` (a B×N matrix), the all-triplets miner (B·N² candidates) is refused."""
+    if references and isinstance(getattr(loss, "miner", None), AllTripletsMiner):
+        raise ConfigError(
+            f"{option} with loss/miner=all_triplets would hold B×N×N candidate triplets against "
+            f"its N extra points: choose another miner (e.g. loss/miner=batch_hard)"
+        )
     if not (isinstance(loss, DMLLoss) and loss.takes_references):
         raise ConfigError(
             f"{option} wraps a triplet or pair loss whose miner picks tuples among extra points, "

@@ -95,7 +95,7 @@ class EmbeddingExpansion(DMLLoss):
 
     def __init__(self, loss: DMLLoss, points: int = 2, pairs: PairRule = "disjoint",
                  normalize: bool = True) -> None:
-        check_wrappable(loss, "synthesis=embedding_expansion")
+        check_wrappable(loss, "synthesis=embedding_expansion", references=False)
         check_int("synthesis.points", points, 1, "synthetic points per positive pair", 2)
         check_choice("synthesis.pairs", pairs, get_args(PairRule))
         if not isinstance(normalize, bool):

@@ -24,7 +24,8 @@ class CrossBatchMemory(DMLLoss):
     (the authors' code enqueues it first, so their memory term holds the batch's own pairs a
     second time, detached; here they are in ``L(B, B)`` once). ``λ = weight >= 0``.
 
-    Warm-up: the memory is neither used nor filled before ``warmup_steps`` training steps and
+    Warm-up: the memory is neither used nor filled before ``warmup_steps`` training steps (calls
+    of the loss in training mode: micro-batches under gradient accumulation) and
     ``warmup_epochs`` epochs have passed (the authors start it at an iteration, ``START_ITERATION``,
     because early embeddings drift too fast to be remembered). Outside training mode the memory
     is neither used nor changed. Under DDP with cross-rank mining the loss sees the global batch,

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from dml.checkpointing import first_non_finite
 from dml.distributed import (
@@ -30,6 +31,15 @@ DIVERGENCE_FIX = "lower optimizer.lr, set trainer.gradient_clip_val, or check th
 
 class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; training stops with the batch that caused it named."""
+
+
+def memory_buffer_names(module: torch.nn.Module) -> list[str]:
+    """Fully qualified names of the buffers of every :class:`CrossBatchMemory` in ``module``."""
+    return [
+        f"{name}.{buffer}" if name else buffer
+        for name, sub in module.named_modules() if isinstance(sub, CrossBatchMemory)
+        for buffer, _ in sub.named_buffers(recurse=False)
+    ]
 
 
 class DMLModule(L.LightningModule):
@@ -77,6 +87,10 @@ class DMLModule(L.LightningModule):
         self.compute_nmi, self.seed = nmi, seed
         self.cross_rank_mining = cross_rank_mining
         self.config = config
+        # A cross-batch memory is the same on every rank by construction (it enqueues the global
+        # batch): DDP need not broadcast its megabytes before every step.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, memory_buffer_names(self))
         self.eval_metrics: dict[str, dict[str, float]] = {}
         self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's loss, embeddings
