@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from dml.errors import ConfigError
 from dml.losses import LoOpTripletLoss, SCTLoss
 from dml.losses.base import PairLoss, References, TripletLoss
-from dml.losses.mixing import HardNegativeMixing
+from dml.losses.mixing import HardNegativeMixing, draw_seed
 from tests.test_losses_configs import EXPECTED, load
 from tests.test_memory import CASES, Ref
 
@@ -44,10 +44,11 @@ def test_the_batch_as_references_without_the_anchor_equals_the_batch(name):
                                    equal_nan=True, msg=key)
 
 
-def reference_points(x, labels, hardest, mixed, anchor_mixed, beta_max) -> list[list[torch.Tensor]]:
+def reference_points(x, labels, hardest, mixed, anchor_mixed, beta_max,
+                     rng: torch.Generator) -> list[list[torch.Tensor]]:
     """Each anchor's synthetic negatives by explicit loops, drawing the random numbers in the
-    wrapper's order: picks for n_i, picks for n_j (among the others), α, picks for the anchor
-    mixes, β."""
+    wrapper's order from ``rng``: picks for n_i, picks for n_j (among the others), α, picks for
+    the anchor mixes, β."""
     unit = [v.detach() / v.detach().norm() for v in x]
     b = len(labels)
     hard = []
@@ -56,11 +57,11 @@ def reference_points(x, labels, hardest, mixed, anchor_mixed, beta_max) -> list[
         negs.sort(key=lambda j: -float(unit[a] @ unit[j]))
         hard.append(negs[:hardest])
     k = max(min(hardest, max(len(h) for h in hard)), 1)
-    pick_i = torch.rand(b, mixed, dtype=torch.float32)
-    pick_j = torch.rand(b, mixed, dtype=torch.float32)
-    alpha = torch.rand(b, mixed, 1, dtype=torch.float64)
-    pick_a = torch.rand(b, anchor_mixed, dtype=torch.float32)
-    beta = beta_max * torch.rand(b, anchor_mixed, 1, dtype=torch.float64)
+    pick_i = torch.rand(b, mixed, dtype=torch.float32, generator=rng)
+    pick_j = torch.rand(b, mixed, dtype=torch.float32, generator=rng)
+    alpha = torch.rand(b, mixed, 1, dtype=torch.float64, generator=rng)
+    pick_a = torch.rand(b, anchor_mixed, dtype=torch.float32, generator=rng)
+    beta = beta_max * torch.rand(b, anchor_mixed, 1, dtype=torch.float64, generator=rng)
 
     points = []
     for a in range(b):
@@ -91,8 +92,8 @@ def test_mixing_matches_the_reference(name, hardest, mixed, anchor_mixed):
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     torch.manual_seed(5)
     value = loss(x1, labels)
-    torch.manual_seed(5)
-    points = reference_points(x2, LABELS, hardest, mixed, anchor_mixed, 0.4)
+    rng = torch.Generator().manual_seed(draw_seed(5, 0))  # the first call after seeding
+    points = reference_points(x2, LABELS, hardest, mixed, anchor_mixed, 0.4, rng)
     fresh = 100
 
     def refs_of(i: int) -> Ref:
@@ -185,3 +186,25 @@ def test_synthesis_trains_through_the_real_config(tmp_path, synthesis):
         shares = [float(r["train/synthetic_fraction"]) for r in csv.DictReader(f)
                   if r.get("train/synthetic_fraction")]
     assert shares and max(shares) > 0
+
+
+def test_draws_follow_the_torch_seed_and_the_call_count_not_the_global_rng():
+    """What keeps the ranks of a cross-rank-mining DDP run in step, and resume exact."""
+    x, labels = batch(4)
+
+    def make() -> HardNegativeMixing:
+        return HardNegativeMixing(SCTLoss(), hardest=3, mixed=4, anchor_mixed=2)
+
+    loss = make()
+    torch.manual_seed(9)
+    first = loss(x, labels).item()
+    torch.manual_seed(9)
+    torch.rand(100)  # other code used the global RNG: no effect on the points
+    assert make()(x, labels).item() == first
+    state = torch.get_rng_state()
+    second = loss(x, labels).item()
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not consumed
+    assert int(loss.calls) == 2 and second != first  # the next call draws new points
+    resumed = make()
+    resumed.load_state_dict(loss.state_dict())
+    assert resumed(x, labels).item() == loss(x, labels).item()

@@ -12,6 +12,11 @@ from dml.losses.base import DMLLoss, LossResult, References, check_wrappable
 from dml.losses.embedding_expansion import synthetic_fraction
 
 
+def draw_seed(torch_seed: int, calls: int) -> int:
+    """The seed of the synthetic points' generator at a call count (a 63-bit mix of both)."""
+    return (torch_seed * 0x9E3779B97F4A7C15 + calls) % 2**63
+
+
 class HardNegativeMixing(DMLLoss):
     """Hard negative mixing (MoCHi; Kalantidis, Sariyildiz, Pion, Weinzaepfel, Larlus, "Hard
     Negative Mixing for Contrastive Learning", NeurIPS 2020, Sec. 4) around a triplet or pair
@@ -27,7 +32,10 @@ class HardNegativeMixing(DMLLoss):
                k = 1..s'  (``anchor_mixed``: harder ones, mixed with the anchor; β_max < 0.5
                keeps the negative's share the larger, as the paper's β ∈ (0, 0.5)),
 
-    drawn from the global torch RNG (seeded per epoch by the training module). The synthetic
+    drawn from a generator seeded by :func:`draw_seed` from the torch seed (set per epoch by the
+    training module, the same on every rank) and the count of training calls (a buffer, so
+    resume continues the sequence): the draws never depend on how much of the global RNG other
+    code used, so every rank of a cross-rank-mining DDP run builds the same points. The synthetic
     points are detached (targets to push away, not features to train, like the queue negatives
     they are mixed from in MoCHi) and are negatives of their own anchor only. The loss is then
     ``L(B, B ∪ H)``: anchors are the batch; references the batch (the anchor itself excluded,
@@ -52,6 +60,7 @@ class HardNegativeMixing(DMLLoss):
         super().__init__()
         self.loss, self.hardest = loss, hardest
         self.mixed, self.anchor_mixed, self.beta_max = mixed, anchor_mixed, beta_max
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))  # training calls so far
 
     def synthesize(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Per anchor its ``mixed + anchor_mixed`` synthetic negatives ``[B, S, d]`` (unit,
@@ -65,17 +74,21 @@ class HardNegativeMixing(DMLLoss):
             hard = (unit @ unit.T).masked_fill(~negative, -torch.inf).topk(k, dim=1).indices
             available = count.clamp(max=k)[:, None]
 
+            rng = torch.Generator(device=unit.device)
+            rng.manual_seed(draw_seed(torch.initial_seed(), int(self.calls)))
+
+            def uniform(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+                return torch.rand(*shape, generator=rng, device=unit.device, dtype=dtype)
+
             def pick(n: int, among: Tensor) -> Tensor:  # n uniform ranks in [0, among)
-                u = torch.rand(len(labels), n, device=unit.device)
-                return (u * among).long().clamp(max=k - 1)
+                return (uniform(len(labels), n) * among).long().clamp(max=k - 1)
 
             first = pick(self.mixed, available)
             second = (first + 1 + pick(self.mixed, available - 1)) % available.clamp(min=1)
-            alpha = torch.rand(len(labels), self.mixed, 1, device=unit.device, dtype=unit.dtype)
+            alpha = uniform(len(labels), self.mixed, 1, dtype=unit.dtype)
             n_i, n_j = unit[hard.gather(1, first)], unit[hard.gather(1, second)]
             n_a = unit[hard.gather(1, pick(self.anchor_mixed, available))]
-            beta = self.beta_max * torch.rand(len(labels), self.anchor_mixed, 1,
-                                              device=unit.device, dtype=unit.dtype)
+            beta = self.beta_max * uniform(len(labels), self.anchor_mixed, 1, dtype=unit.dtype)
             points = torch.cat([alpha * n_i + (1 - alpha) * n_j,
                                 beta * unit[:, None] + (1 - beta) * n_a], dim=1)
             exists = torch.cat([(available >= 2).expand(-1, self.mixed),
@@ -91,6 +104,8 @@ class HardNegativeMixing(DMLLoss):
             )
         batch = len(labels)
         points, exists = self.synthesize(embeddings, labels)
+        if self.training:
+            self.calls += 1
         per_anchor = points.shape[1]
         rows = torch.arange(batch, device=labels.device)
         owner = rows.repeat_interleave(per_anchor)
