@@ -293,8 +293,14 @@ def test_the_memory_is_in_the_state_dict():
     copy.load_state_dict(loss.state_dict())
     x, labels = torch.randn(8, 5), torch.tensor([4, 4, 1, 1, 2, 2, 3, 3])
     assert copy(x, labels).item() == loss(x, labels).item()
-    assert {"memory_embeddings", "memory_labels", "memory_count", "steps"} <= set(
+    assert {"memory_embeddings", "memory_labels", "memory_count", "memory_next", "steps"} <= set(
         loss.state_dict())
+    loss(torch.randn(8, 5), torch.tensor([5, 5, 1, 1, 2, 2, 3, 3]))  # wraps: next slot 8 % 16 = 8
+    copy.load_state_dict(loss.state_dict())
+    assert int(copy.memory_next) == int(loss.memory_next) == 8
+    x, labels = torch.randn(8, 5), torch.tensor([6, 6, 1, 1, 2, 2, 3, 3])
+    assert copy(x, labels).item() == loss(x, labels).item()
+    torch.testing.assert_close(copy.memory_embeddings, loss.memory_embeddings, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
