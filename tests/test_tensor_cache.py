@@ -442,3 +442,17 @@ def test_killed_run_with_the_cache_resumes_bit_identically(tmp_path: Path, monke
     assert resumed["global_step"] == full["global_step"]
     for k, v in full["state_dict"].items():
         assert torch.equal(resumed["state_dict"][k], v), k
+
+
+def test_images_of_two_shapes_are_one_line_naming_the_first_odd_one():
+    from types import SimpleNamespace
+
+    from dml.data.records import Record
+
+    sizes = {"a.png": (20, 20), "b.png": (20, 20), "wide.png": (40, 20)}
+    source = SimpleNamespace(load=lambda item: Image.new("L", sizes[item], 128))
+    records = [Record(item, "c") for item in sizes]
+    with pytest.raises(ConfigError, match=r"^wide.png is \(1, 28, 56\) after resizing.*"
+                                          r"data.cache=false$") as error:
+        decode_all(source, records, train_params())
+    assert "\n" not in str(error.value)

@@ -34,6 +34,7 @@ import torch
 from dml.data.records import Record
 from dml.data.source import DatasetSource, cache_dir
 from dml.data.transforms import TransformParams
+from dml.errors import ConfigError
 from dml.files import locked, write_atomic
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,19 @@ def decode_all(
     source: DatasetSource, records: Sequence[Record], params: TransformParams
 ) -> torch.Tensor:
     """Decode every record with ``source.load`` and ``params.decode`` into one uint8 tensor."""
-    arrays = [params.decode(source.load(r.item)) for r in records]
+    arrays = []
+    for r in records:
+        array = params.decode(source.load(r.item))
+        if arrays and array.shape != arrays[0].shape:  # Resize(int) keeps the aspect ratio
+            raise ConfigError(
+                f"{r.item} is {tuple(array.shape)} after resizing, the images before it "
+                f"{tuple(arrays[0].shape)}: the tensor cache needs images of one shape; set "
+                "data.cache=false"
+            )
+        arrays.append(array)
     if not arrays:
         side = params.resize if params.train else params.size
         return torch.zeros((0, params.channels, side, side), dtype=torch.uint8)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:  # Resize(int) keeps the aspect ratio: non-square training images
-        raise ValueError(
-            f"images of different shapes after resizing ({sorted(shapes)[:3]}...): the tensor "
-            "cache needs square images or an eval centre crop; set data.cache=false"
-        )
     return torch.from_numpy(np.stack(arrays))
 
 
