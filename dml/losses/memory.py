@@ -84,12 +84,13 @@ class CrossBatchMemory(DMLLoss):
             )
         batch = self.loss.result(embeddings, labels, indices)
         active = self.training and self._warm()
-        remembered = self.memory() if active and int(self.memory_count) > 0 else None
+        count = int(self.memory_count)  # before this step's enqueue
+        remembered = self.memory() if active and count > 0 else None
         parts = [batch]
         if remembered is not None:
             parts.append(self.loss.result(embeddings, labels, references=remembered))
         batch_size = labels.numel()
-        candidates = [batch_size * (batch_size - 1), batch_size * int(self.memory_count)]
+        candidates = [batch_size * (batch_size - 1), batch_size * count]
         _merge_stats(out, parts, candidates)
         out.stats["memory_size"] = self.memory_count.detach().float()
         if self.training:

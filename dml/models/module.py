@@ -100,10 +100,9 @@ class DMLModule(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        """A cross-batch memory under DDP needs the global batch: DDP broadcasts rank 0's
-        buffers before every step, so per-rank memories would silently become rank 0's."""
-        memory = any(isinstance(m, CrossBatchMemory) for m in self.loss.modules())
-        if memory and not self.cross_rank_mining and self.trainer.world_size > 1:
+        """A cross-batch memory under DDP must hold the global batch: its buffers are kept out of
+        DDP's broadcast (see ``__init__``), so per-rank memories would silently drift apart."""
+        if memory_buffer_names(self) and not self.cross_rank_mining and self.trainer.world_size > 1:
             raise ConfigError(
                 "memory=xbm under DDP keeps the global batch of all ranks: set "
                 "module.cross_rank_mining=true (or drop memory=)"
