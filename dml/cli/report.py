@@ -1,16 +1,32 @@
-"""``dml-report [SWEEP_DIR] [--paper] [--diagrams] [--out DIR]``: the table and bar plot of a sweep.
+"""``dml-report [DIR ...] [--paper] [--diagrams] [--baseline ROW] [--out DIR]``: the table and bar
+plot of a sweep, or of several directories pooled.
 
-Reads every run under SWEEP_DIR (a ``dml-train -m`` output directory, default: the newest under
+Reads every run under DIR (a ``dml-train -m`` output directory, default: the newest under
 ./multirun) from disk: its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files. Groups runs
 by strategy (the loss config) × dataset (the data config), averages over seeds, and writes
 ``report.md`` (with each strategy's training dynamics: validation curve, collapse indicator),
 ``report.csv``, ``runs.csv`` and ``report.png``; ``--diagrams`` adds ``diagrams.png``, the triplet
 diagrams of each strategy's first seed. Never needs W&B.
 
-A directory of studies (``dml-train -m search=<loss>``, each with a ``study.json``) gets the tuned
-comparison instead: per strategy the tuned values, trials run / pruned, validation objective,
-untuned and tuned test metric over seeds with 95 % confidence intervals, and Welch's t-test
-against the untuned setting and against ``--baseline``.
+A row is a strategy: the loss config with the configs wrapping it, ``multisimilarity+xbm`` for
+``loss=multisimilarity memory=xbm``, ``sct+mochi`` for ``synthesis=mochi``; a setting that
+differs between runs of one row is added to its label, ``sct [loss.lam=0.5]``. With
+``--baseline ROW`` each table gets a column: ``--metric`` of the row minus the baseline's,
+with Welch's two-sided p over seeds.
+
+One directory of studies (``dml-train -m search=<loss>``, each with a ``study.json``) gets the
+tuned comparison instead: per strategy the tuned values, trials run / pruned, validation
+objective, untuned and tuned test metric over seeds with 95 % confidence intervals, and Welch's
+t-test against the untuned setting and against ``--baseline``.
+
+Several directories (``dml-report A B C``) are pooled into one table, written to
+``multirun/report-A+B+C`` unless ``--out``. A study among them contributes its retrain runs as
+the rows ``<strategy> [tuned]`` (its best setting) and ``<strategy> [untuned]`` (the config
+defaults); its trials are not rows. Runs of one row from several directories are the seeds of
+one cell (e.g. seed 2 re-run into a directory of its own), unless one seed of that row comes
+from two directories: such runs are never averaged together; each of the row's runs is labelled
+with its directory instead, ``contrastive [dir=A]`` and ``contrastive [dir=B]``, and the header
+lists those rows.
 """
 
 from __future__ import annotations
@@ -23,17 +39,21 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dml-report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dir", nargs="?", type=Path,
-                   help="a dml-train -m output directory (default: the newest under ./multirun)")
+    p.add_argument("sweep_dirs", nargs="*", type=Path, metavar="DIR",
+                   help="dml-train -m output directories, pooled into one table when several "
+                        "(default: the newest under ./multirun)")
     p.add_argument("--paper", action="store_true", help="put the papers' published R@1 beside ours")
     p.add_argument("--diagrams", action="store_true",
                    help="also plot each strategy's triplet diagrams (first seed) to diagrams.png")
-    p.add_argument("--out", type=Path, help="output directory (default: <sweep_dir>/report)")
+    p.add_argument("--out", type=Path,
+                   help="output directory (default: DIR/report; several: multirun/report-...)")
     p.add_argument("--split", default="test", choices=("test", "val"),
                    help="which metrics of each run to report (default: test)")
-    p.add_argument("--baseline", help="studies: the strategy every tuned result is tested against")
+    p.add_argument("--baseline", metavar="ROW",
+                   help="the row every other is tested against, a label of the table, e.g. "
+                        "'multisimilarity [untuned]' (studies: the tuned strategy)")
     p.add_argument("--metric", default="recall@1",
-                   help="studies: the test metric compared (default: recall@1; e.g. map@r)")
+                   help="the metric compared with --baseline (default: recall@1; e.g. map@r)")
     return p.parse_args(argv)
 
 
@@ -43,13 +63,14 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     try:
-        sweep = args.sweep_dir or latest_sweep()
-        if find_studies(sweep):  # tuned comparisons (dml-train -m search=...)
-            path = make_study_report(sweep, args.out, args.metric, args.baseline)
+        dirs = args.sweep_dirs or [latest_sweep()]
+        if len(dirs) == 1 and find_studies(dirs[0]):  # tuned comparisons (dml-train -m search=)
+            path = make_study_report(dirs[0], args.out, args.metric, args.baseline)
             print(path.read_text() + f"wrote {path}")
             return
-        report = make_report(sweep, args.out, paper=args.paper, split=args.split,
-                             diagrams=args.diagrams)
+        report = make_report(dirs[0] if len(dirs) == 1 else dirs, args.out, paper=args.paper,
+                             split=args.split, diagrams=args.diagrams, baseline=args.baseline,
+                             metric=args.metric)
     except (ReportError, RunFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

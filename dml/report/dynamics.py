@@ -4,7 +4,9 @@ The test metrics of a report come from the checkpoint with the best validation R
 can hide a run that collapsed after it. This module recovers, per run, the validation Recall@1
 curve and the last training epoch's batch statistics (see :mod:`dml.losses.base`): the collapse
 indicator ``mean_pairwise_sim`` (mean cosine over all pairs of a batch; 1 when every embedding is
-the same), ``hard_fraction`` (used triplets with S_an > S_ap) and the mean S_ap, S_an.
+the same), ``hard_fraction`` (used triplets with S_an > S_ap) and the mean S_ap, S_an; and
+of a loss with a wrapper, the share of its tuples taken from the cross-batch memory
+(``memory_fraction``) or with a synthetic member (``synthetic_fraction``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from dml.report.table import Cell, format_mean_std, format_percent, mean_std, rows_to_markdown
 
 TRAIN_STATS = ("mean_pairwise_sim", "hard_fraction", "mean_s_ap", "mean_s_an")
+#: Logged by the loss's wrappers only (``memory=``, ``synthesis=``): columns when some run has them.
+WRAPPER_STATS = {"memory_fraction": "memory %", "synthetic_fraction": "synthetic %"}
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class RunDynamics:
     re-evaluation of the selected checkpoint after training, logged at epoch = max_epochs, is not
     part of the curve); ``last_epoch[stat]``: mean of ``train/<stat>`` over the logged steps of
     the last training epoch (NaN when the loss never logged it, e.g. ``hard_fraction`` of a pair
-    loss)."""
+    loss, ``memory_fraction`` without a memory)."""
 
     val_recall_at_1: dict[int, float]
     last_epoch: dict[str, float]
@@ -78,7 +82,7 @@ def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
     val = {e: v for e, v in val.items() if e in train}  # not the selected checkpoint's re-run
     last_rows = train[max(train)] if train else []
     last_epoch = {}
-    for stat in TRAIN_STATS:
+    for stat in (*TRAIN_STATS, *WRAPPER_STATS):
         values = [v for r in last_rows if (v := _number(r.get(f"train/{stat}"))) is not None]
         values = [v for v in values if not math.isnan(v)]
         last_epoch[stat] = sum(values) / len(values) if values else math.nan
@@ -88,24 +92,27 @@ def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
 def dynamics_markdown(cells: Sequence[Cell]) -> str:
     """A table per dataset: per strategy, mean ± std over seeds of the best and the last
     validation R@1, each seed's best epoch, and the last epoch's collapse indicator, hard-triplet
-    fraction, S_ap and S_an. Empty when no run has CSV logs."""
+    fraction, S_ap and S_an (and the memory's or synthetic tuples' share when a run logged it).
+    Empty when no run has CSV logs."""
+    logged = [[d for r in c.runs if (d := read_dynamics(r.run_dir)) is not None] for c in cells]
+    wrapper_stats = [s for s in WRAPPER_STATS
+                     if any(not math.isnan(d.last_epoch[s]) for ds in logged for d in ds)]
     parts = []
     for dataset in dict.fromkeys(c.dataset for c in cells):
-        header = ["strategy", "val R@1 best", "best epoch", "val R@1 last",
-                  "mean pair cos", "hard %", "S_ap", "S_an"]
+        header = ["strategy", "val R@1 best", "best epoch", "val R@1 last", "mean pair cos",
+                  "hard %", "S_ap", "S_an", *(WRAPPER_STATS[s] for s in wrapper_stats)]
         rows = [header, ["---"] * len(header)]
-        for cell in (c for c in cells if c.dataset == dataset):
-            runs = [d for r in cell.runs if (d := read_dynamics(r.run_dir)) is not None]
-            if not runs:
+        for cell, runs in zip(cells, logged, strict=True):
+            if cell.dataset != dataset or not runs:
                 continue
             best = [max(d.val_recall_at_1.values()) for d in runs if d.val_recall_at_1]
             last = [v for d in runs if (v := d.last_val_recall_at_1) is not None]
             epochs = [str(e) for d in runs if (e := d.best_epoch) is not None]
             row = [cell.strategy, format_percent(*mean_std(best)), " ".join(epochs) or "—",
                    format_percent(*mean_std(last))]
-            for stat in TRAIN_STATS:
+            for stat in (*TRAIN_STATS, *wrapper_stats):
                 values = [d.last_epoch[stat] for d in runs if not math.isnan(d.last_epoch[stat])]
-                fmt = format_percent if stat == "hard_fraction" else format_mean_std
+                fmt = format_percent if stat.endswith("_fraction") else format_mean_std
                 row.append(fmt(*mean_std(values)))
             rows.append(row)
         if len(rows) > 2:
@@ -117,6 +124,9 @@ def dynamics_markdown(cells: Sequence[Cell]) -> str:
         "selected checkpoint (0-based). Last training epoch, averaged over its logged steps: "
         "mean pair cos = mean cosine over all pairs of a batch (1 = collapsed), hard % = used "
         "triplets with S_an > S_ap (triplet losses only), mean S_ap and S_an of the used "
-        "triplets or pairs.\n\n"
+        "triplets or pairs"
     )
-    return "## Training dynamics\n\n" + note + "\n".join(parts)
+    if wrapper_stats:
+        note += ("; memory % / synthetic % = used tuples taken from the cross-batch memory / "
+                 "with a synthetic member (losses with memory= / synthesis= only)")
+    return "## Training dynamics\n\n" + note + ".\n\n" + "\n".join(parts)

@@ -1,4 +1,5 @@
-"""``make_report``: a sweep directory in, a table (markdown + CSV) and a bar plot out."""
+"""``make_report``: one sweep directory or several in, a table (markdown + CSV) and a bar plot
+out."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ from dml.report.diagrams import diagram_grid, first_seed_diagrams
 from dml.report.dynamics import dynamics_markdown
 from dml.report.paper import SOURCE
 from dml.report.plot import bar_plot
-from dml.report.runs import Run, collect_runs, common_settings, sweep_command, sweep_wall_time
+from dml.report.runs import (
+    Run,
+    collect_runs,
+    common_settings,
+    join_runs,
+    rows_kept_apart,
+    source_names,
+    sweep_command,
+    sweep_wall_time,
+)
+from dml.report.stats import ALPHA
 from dml.report.table import (
     Cell,
+    display_name,
     group_runs,
     markdown_tables,
     metric_names,
@@ -22,7 +34,8 @@ from dml.report.table import (
 
 
 class ReportError(RuntimeError):
-    """Nothing to report (no finished run under the directory)."""
+    """Nothing to report (no finished run under a directory), or a baseline or metric that is
+    not in the table."""
 
 
 @dataclass(frozen=True)
@@ -40,31 +53,49 @@ class Report:
 
 
 def make_report(
-    sweep_dir: str | Path,
+    sweep_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path | None = None,
     paper: bool = False,
     split: str = "test",
     diagrams: bool = False,
+    baseline: str | None = None,
+    metric: str = "recall@1",
 ) -> Report:
     """Collect every run under ``sweep_dir`` (its ``metrics.json``, config and Hydra choices),
     average over seeds per strategy × dataset and write ``report.md``, ``report.csv``,
     ``runs.csv`` and ``report.png`` to ``out_dir`` (default ``<sweep_dir>/report``).
     ``paper`` adds the published R@1 beside ours; ``split`` picks the metrics (``test``/``val``);
     ``diagrams`` also writes ``diagrams.png``, the triplet diagrams of each strategy's first seed
-    by epoch (when its runs saved any).
+    by epoch (when its runs saved any); ``baseline``, a row label, adds each row's ``metric``
+    minus the baseline's with Welch's p.
+
+    ``sweep_dir`` may be a list of directories: their runs are pooled into one table (see
+    :func:`~dml.report.runs.cell_labels` for how rows stay apart); ``out_dir`` then defaults to
+    ``multirun/report-<name>+<name>...`` (never inside one of them).
     """
-    sweep_dir = Path(sweep_dir)
-    runs, incomplete = collect_runs(sweep_dir, split)
-    if not runs:
-        raise ReportError(
-            f"no finished run under {sweep_dir}: no metrics.json with '{split}' metrics "
-            "(is it a dml-train output directory? did the jobs finish?)"
-        )
-    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    dirs = [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(d) for d in sweep_dir]
+    collected = [collect_runs(d, split) for d in dirs]
+    for d, (found, _) in zip(dirs, collected, strict=True):
+        if not found:
+            raise ReportError(
+                f"no finished run under {d}: no metrics.json with '{split}' metrics "
+                "(is it a dml-train output directory? did the jobs finish?)"
+            )
+    runs, incomplete = join_runs(collected)
     cells, metrics = group_runs(runs), metric_names(runs)
-    text = _header(sweep_dir, runs, cells, incomplete, split, paper)
-    text += "\n" + markdown_tables(cells, metrics, paper)
+    _check_baseline(cells, metrics, baseline, metric)
+    if out_dir is not None:
+        out = Path(out_dir)
+    elif len(dirs) == 1:
+        out = dirs[0] / "report"
+    else:
+        out = Path("multirun") / ("report-" + "+".join(source_names(dirs).values()))
+    out.mkdir(parents=True, exist_ok=True)
+    text = _header(dirs, runs, cells, incomplete, split, paper)
+    if baseline:
+        text += (f"- {display_name(metric)} − {baseline}: difference of the means in points, "
+                 f"Welch's two-sided t-test over seeds, **significant** when p < {ALPHA}\n")
+    text += "\n" + markdown_tables(cells, metrics, paper, baseline, metric)
     dynamics = dynamics_markdown(cells) if split == "test" else ""
     text += "\n" + dynamics if dynamics else ""
     diagram_rows = first_seed_diagrams(cells) if diagrams else {}
@@ -81,8 +112,21 @@ def make_report(
     return report
 
 
+def _check_baseline(
+    cells: Sequence[Cell], metrics: Sequence[str], baseline: str | None, metric: str
+) -> None:
+    """A :class:`ReportError` unless ``baseline`` is None or a row label with ``metric``."""
+    if baseline is None:
+        return
+    rows = list(dict.fromkeys(c.strategy for c in cells))
+    if baseline not in rows:
+        raise ReportError(f"--baseline {baseline} is not a row of the table: {', '.join(rows)}")
+    if metric not in metrics:
+        raise ReportError(f"--metric {metric} is not a metric of these runs: {', '.join(metrics)}")
+
+
 def _header(
-    sweep_dir: Path,
+    dirs: Sequence[Path],
     runs: Sequence[Run],
     cells: Sequence[Cell],
     incomplete: Sequence[Path],
@@ -92,27 +136,42 @@ def _header(
     seeds = sorted({r.seed for r in runs if r.seed is not None})
     n_strategies = len({c.strategy for c in cells})
     n_datasets = len({c.dataset for c in cells})
-    lines = [
-        f"- sweep `{sweep_dir.resolve()}`: {len(runs)} runs, {n_strategies} strategies × "
-        f"{n_datasets} dataset(s), seeds {', '.join(map(str, seeds)) or 'unknown'}",
-        f"- {split} metrics of each run's selected checkpoint; each cell: mean ± sample "
-        "standard deviation over seeds, in %",
-    ]
+    what = (f"{len(runs)} runs, {n_strategies} strategies × {n_datasets} dataset(s), "
+            f"seeds {', '.join(map(str, seeds)) or 'unknown'}")
+    if len(dirs) == 1:
+        lines = [f"- sweep `{dirs[0].resolve()}`: {what}"]
+    else:
+        counts = [sum(r.source == d for r in runs) for d in dirs]
+        lines = [f"- {len(dirs)} directories pooled: {what}"]
+        lines += [f"  - `{d.resolve()}`: {n} runs" for d, n in zip(dirs, counts, strict=True)]
+    lines.append(f"- {split} metrics of each run's selected checkpoint; each cell: mean ± sample "
+                 "standard deviation over seeds, in %")
+    if any(r.tuning for r in runs):
+        lines.append("- `[tuned]` / `[untuned]`: a study's retrain runs of its best setting / of "
+                     "the config defaults (its search trials are not rows)")
+    apart = rows_kept_apart(runs)
+    if apart:
+        shown = ", ".join(f"`{row}`" for row in apart)
+        lines.append(f"- not pooled across directories, as a seed of each ran in several: "
+                     f"{shown} (rows labelled `dir=<directory>`)")
     shared = common_settings(runs)
     if shared:
         shown = " ".join(f"`{k}={v}`" for k, v in shared.items())
         lines.append(f"- settings shared by all runs: {shown}")
-    command = sweep_command(sweep_dir)
-    if command:
-        lines.append(f"- command: `{command}`")
+    for d in dirs:
+        command = sweep_command(d)
+        if command:
+            where = f" (`{d}`)" if len(dirs) > 1 else ""
+            lines.append(f"- command{where}: `{command}`")
     total = sum(r.wall_time_s or 0.0 for r in runs)
     timing = f"- run time: {format_duration(total)} in total (sum of the runs' wall times)"
-    wall = sweep_wall_time(sweep_dir, runs)
+    wall = sweep_wall_time(dirs[0], runs) if len(dirs) == 1 else None
     if wall is not None:
         timing += f"; sweep wall time {format_duration(wall)} (start to last metrics.json)"
     lines.append(timing)
     if incomplete:
-        jobs = ", ".join(f"`{p.relative_to(sweep_dir)}`" for p in incomplete)
+        jobs = ", ".join(f"`{p.relative_to(dirs[0]) if len(dirs) == 1 else p}`"
+                         for p in incomplete)
         lines.append(f"- **incomplete jobs (no {split} metrics): {len(incomplete)}**: {jobs}")
     if paper:
         lines.append(f"- paper R@1: {SOURCE}; '—': not published, 'collapse': training collapsed")

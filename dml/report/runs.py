@@ -4,6 +4,10 @@ A job directory, as ``dml-train`` (``dml.training.train``) and Hydra write it, h
 ``metrics.json`` (the selected checkpoint's metrics), ``config.yaml`` (the resolved config) and
 ``.hydra/hydra.yaml`` (``hydra.runtime.choices``: which config of each group ran) and
 ``.hydra/overrides.yaml`` (the command-line overrides of that job).
+
+A study directory (``dml-train -m search=<loss>``, holding a ``study.json``) contributes its
+retrain runs only, as the strategy's ``tuned`` and ``untuned`` rows; its trials are searches on
+validation classes, never rows of a table.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +25,28 @@ from dml.errors import UserError
 
 #: Entries of the metrics dict that are counts, not metrics.
 NON_METRICS = frozenset({"num_queries"})
+#: Config groups that wrap the loss (a cross-batch memory, synthetic negatives): part of the row.
+WRAPPER_GROUPS = ("memory", "synthesis")
 #: Overrides that never split a cell: averaged over (seed) or already its row and column.
-CELL_KEYS = frozenset({"seed", "loss", "data"})
+CELL_KEYS = frozenset({"seed", "loss", "data", *WRAPPER_GROUPS})
 #: Overrides that say where or how a run ran, not what it computed.
 BOOKKEEPING = frozenset({"ckpt_path", "run_dir", "resume"})
 #: Overrides of these are variants of the dataset (the column); others of the strategy (the row).
 DATASET_KEYS = ("data.", "experiment")
 #: How to get past a damaged run file.
 FIX = "repair it, or move that job's directory out of the sweep and re-run the job"
+#: The strategy or dataset of a run whose files do not name it.
+UNKNOWN = "unknown"
+#: A study's retrain settings (``study.json`` ``runs``) as the report names them.
+TUNING = {"best": "tuned", "defaults": "untuned"}
 
 
 @dataclass(frozen=True)
 class Run:
     """One finished job: its strategy (the loss config name), dataset (the data config name),
-    seed, command-line overrides and final metrics of the chosen split."""
+    seed, command-line overrides and final metrics of the chosen split; the configs of the
+    groups wrapping its loss (``memory``, ``synthesis``), ``tuned``/``untuned`` for a study's
+    retrain run, and the directory given to the report that holds it."""
 
     run_dir: Path
     strategy: str
@@ -43,6 +55,14 @@ class Run:
     overrides: tuple[str, ...]
     metrics: dict[str, float]
     wall_time_s: float | None = None
+    wrappers: tuple[str, ...] = ()
+    tuning: str | None = None
+    source: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The strategy with its wrappers: ``multisimilarity+xbm``, ``sct+mochi``."""
+        return "+".join((self.strategy, *self.wrappers))
 
     def settings(self) -> dict[str, str]:
         """The overrides that may distinguish runs: ``{key: value}`` without the cell's own keys
@@ -102,15 +122,17 @@ def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
-def load_run(job_dir: Path, split: str = "test") -> Run:
+def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run:
     """The :class:`Run` of a job directory that has a ``metrics.json``; a :class:`RunFileError`
-    naming the file if one of its files is damaged."""
+    naming the file if one of its files is damaged. ``strategy``: the name when neither the
+    Hydra choices nor the overrides give the loss."""
     result = read_run_file(job_dir / "metrics.json") or {}
     overrides = _read_overrides(job_dir / ".hydra" / "overrides.yaml")
     hydra_cfg = read_run_file(job_dir / ".hydra" / "hydra.yaml") or {}
     choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
     config = read_run_file(job_dir / "config.yaml") or {}
     seed = config.get("seed", _from_overrides(overrides, "seed"))
+    wrappers = (choices.get(g, _from_overrides(overrides, g)) for g in WRAPPER_GROUPS)
     metrics = {
         k: float(v)
         for k, v in (result.get(split) or {}).items()
@@ -118,12 +140,13 @@ def load_run(job_dir: Path, split: str = "test") -> Run:
     }
     return Run(
         run_dir=job_dir,
-        strategy=choices.get("loss") or _from_overrides(overrides, "loss") or "unknown",
-        dataset=choices.get("data") or _from_overrides(overrides, "data") or "unknown",
+        strategy=choices.get("loss") or _from_overrides(overrides, "loss") or strategy,
+        dataset=choices.get("data") or _from_overrides(overrides, "data") or UNKNOWN,
         seed=None if seed is None else int(seed),
         overrides=overrides,
         metrics=metrics,
         wall_time_s=result.get("wall_time_s"),
+        wrappers=tuple(w for w in wrappers if w not in (None, "null", "None")),
     )
 
 
@@ -139,18 +162,57 @@ def _natural_key(path: Path) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
+def find_studies(root: str | Path) -> list[Path]:
+    """Study directories (holding ``study.json``) at or under ``root``."""
+    return sorted(p.parent for p in Path(root).rglob("study.json"))
+
+
+def study_jobs(study_dir: Path) -> list[tuple[Path, str, str]]:
+    """``(job directory, "tuned" | "untuned", strategy)`` of each retrain run a study lists; a
+    run that is both (the defaults won the search) is listed under each."""
+    summary = read_run_file(study_dir / "study.json") or {}
+    strategy = summary.get("strategy") or study_dir.name
+    return [(study_dir / name, TUNING.get(setting, setting), strategy)
+            for setting, names in (summary.get("runs") or {}).items() for name in names]
+
+
 def collect_runs(root: str | Path, split: str = "test") -> tuple[list[Run], list[Path]]:
     """``(runs, incomplete)``: the finished runs under a sweep directory, and the job
     directories without ``metrics.json`` or without metrics of ``split`` (crashed, killed or
-    still running). A damaged file of a finished run is a :class:`RunFileError`, never a silently
-    dropped run."""
+    still running). Of a study under ``root``, only its retrain runs (see the module's doc).
+    A damaged file of a finished run is a :class:`RunFileError`, never a silently dropped run."""
+    root = Path(root)
+    studies = find_studies(root)
+    jobs: list[tuple[Path, str | None, str]] = [
+        (job, None, UNKNOWN) for job in job_dirs(root)
+        if not any(s == job or s in job.parents for s in studies)
+    ]
+    jobs += [job for study in studies for job in study_jobs(study)]
     runs, incomplete = [], []
-    for job in job_dirs(Path(root)):
-        run = load_run(job, split) if (job / "metrics.json").is_file() else None
+    for job, tuning, strategy in jobs:
+        run = load_run(job, split, strategy) if (job / "metrics.json").is_file() else None
         if run is None or not run.metrics:
             incomplete.append(job)
         else:
-            runs.append(run)
+            runs.append(replace(run, tuning=tuning, source=root))
+    return runs, incomplete
+
+
+def join_runs(
+    collected: Iterable[tuple[Sequence[Run], Sequence[Path]]],
+) -> tuple[list[Run], list[Path]]:
+    """The ``(runs, incomplete)`` of several :func:`collect_runs` joined into one: a run found
+    under two of the directories (nested or repeated) is counted once, from the first."""
+    runs: list[Run] = []
+    incomplete: list[Path] = []
+    seen: set[tuple[Path, str | None]] = set()
+    for found, unfinished in collected:
+        for run in found:
+            key = (run.run_dir.resolve(), run.tuning)
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+        incomplete += [p for p in unfinished if p not in incomplete]
     return runs, incomplete
 
 
@@ -184,34 +246,81 @@ def sweep_wall_time(sweep_dir: Path, runs: Sequence[Run]) -> float | None:
 def cell_labels(runs: Iterable[Run]) -> list[tuple[str, str]]:
     """``(strategy label, dataset label)`` of each run.
 
-    Runs with the same strategy and dataset are seeds of one cell unless some setting (an
-    override other than seed/loss/data) takes several values among them: such a setting then
-    becomes part of those runs' labels — of the dataset for ``data.*`` and ``experiment``, else
-    of the strategy — e.g. ``sct [loss.lam=0.5]`` or ``omniglot [experiment=fair_omniglot_merged]``.
+    A run's row is its strategy with the loss's wrappers (:attr:`Run.name`, e.g.
+    ``multisimilarity+xbm``) and, for a study's retrain run, ``tuned`` or ``untuned``
+    (``sct [tuned]``). Runs with the same row and dataset are seeds of one cell unless some
+    setting (an override other than seed/loss/data/memory/synthesis) takes several values among
+    them: such a setting then becomes part of those runs' labels — of the dataset for ``data.*``
+    and ``experiment``, else of the strategy — e.g. ``sct [loss.lam=0.5]`` or
+    ``omniglot [experiment=fair_omniglot_merged]``.
+
+    Runs from several directories (:attr:`Run.source`) pool into one cell, unless one seed of
+    it comes from two directories (a re-run, or other code or config defaults behind the same
+    overrides): then every run of that cell also gets its directory, ``contrastive [dir=a]``.
     """
     runs = list(runs)
-    settings = [run.settings() for run in runs]
-    keys = {k for s in settings for k in s}
-    seen: dict[tuple[str, str, str], set[str | None]] = {}
-    for run, s in zip(runs, settings, strict=True):
-        for key in keys:
-            seen.setdefault((run.strategy, run.dataset, key), set()).add(s.get(key))
-    splitting: dict[tuple[str, str], list[str]] = {}
-    for (strategy, dataset, key), v in sorted(seen.items()):
-        if len(v) > 1:
-            splitting.setdefault((strategy, dataset), []).append(key)
+    parts = _label_parts(runs)
+    apart = _seeds_in_several_dirs(runs, parts)
+    names = source_names([r.source for r in runs if r.source is not None])
     labels = []
-    for run, s in zip(runs, settings, strict=True):
-        split_keys = splitting.get((run.strategy, run.dataset), [])
-        data_part = [(k, s.get(k)) for k in split_keys if k.startswith(DATASET_KEYS)]
-        loss_part = [(k, s.get(k)) for k in split_keys if not k.startswith(DATASET_KEYS)]
-        labels.append((_label(run.strategy, loss_part), _label(run.dataset, data_part)))
+    for run, (row, qualifiers, dataset) in zip(runs, parts, strict=True):
+        if (row, qualifiers, dataset) in apart and run.source is not None:
+            qualifiers = (*qualifiers, f"dir={names[run.source]}")
+        labels.append((_label(row, qualifiers), dataset))
     return labels
 
 
-def _label(name: str, settings: list[tuple[str, str | None]]) -> str:
-    shown = [f"{k}={v}" for k, v in settings if v is not None]
-    return f"{name} [{' '.join(shown)}]" if shown else name
+def rows_kept_apart(runs: Sequence[Run]) -> list[str]:
+    """The rows of :func:`cell_labels` split by directory (a seed in several of them)."""
+    parts = _label_parts(runs)
+    return sorted({_label(row, qualifiers) for row, qualifiers, _ in
+                   _seeds_in_several_dirs(runs, parts)})
+
+
+def source_names(sources: Iterable[Path]) -> dict[Path, str]:
+    """How a label names each directory: its name, or its path when two share a name."""
+    unique = list(dict.fromkeys(sources))
+    names = {p: p.resolve().name or str(p) for p in unique}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {p: str(p) if n in shared else n for p, n in names.items()}
+
+
+#: A run's label before any directory: (row, its qualifiers, dataset label).
+_Parts = tuple[str, tuple[str, ...], str]
+
+
+def _label_parts(runs: Sequence[Run]) -> list[_Parts]:
+    settings = [run.settings() for run in runs]
+    keys = {k for s in settings for k in s}
+    cells = [(run.name, run.tuning, run.dataset) for run in runs]
+    seen: dict[tuple[tuple[str, str | None, str], str], set[str | None]] = {}
+    for cell, s in zip(cells, settings, strict=True):
+        for key in keys:
+            seen.setdefault((cell, key), set()).add(s.get(key))
+    splitting: dict[tuple[str, str | None, str], list[str]] = {}
+    for (cell, key), v in sorted(seen.items(), key=lambda kv: kv[0][1]):
+        if len(v) > 1:
+            splitting.setdefault(cell, []).append(key)
+    parts = []
+    for run, cell, s in zip(runs, cells, settings, strict=True):
+        split_keys = splitting.get(cell, [])
+        data_part = [f"{k}={s[k]}" for k in split_keys if k.startswith(DATASET_KEYS) and k in s]
+        loss_part = [f"{k}={s[k]}" for k in split_keys
+                     if not k.startswith(DATASET_KEYS) and k in s]
+        tuning = (run.tuning,) if run.tuning else ()
+        parts.append((run.name, (*tuning, *loss_part), _label(run.dataset, tuple(data_part))))
+    return parts
+
+
+def _seeds_in_several_dirs(runs: Sequence[Run], parts: Sequence[_Parts]) -> set[_Parts]:
+    sources: dict[tuple[_Parts, int | None], set[Path | None]] = {}
+    for run, part in zip(runs, parts, strict=True):
+        sources.setdefault((part, run.seed), set()).add(run.source)
+    return {part for (part, _), found in sources.items() if len(found) > 1}
+
+
+def _label(name: str, qualifiers: tuple[str, ...]) -> str:
+    return f"{name} [{' '.join(qualifiers)}]" if qualifiers else name
 
 
 def common_settings(runs: Sequence[Run]) -> dict[str, str]:

@@ -55,3 +55,19 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
     t = (ma - mb) / math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return Welch(ma - mb, t, dof, float(2 * stats.t.sf(abs(t), dof)))
+
+
+#: The significance level of the reports' tests.
+ALPHA = 0.05
+
+
+def format_welch(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> str:
+    """``mean(a) − mean(b)`` in percentage points (values are fractions) with Welch's p, marked
+    **significant** when p < ``alpha``; ``—`` with fewer than two values on a side."""
+    result = welch(a, b)
+    if result is None:
+        return "—"
+    if math.isnan(result.p):
+        return f"{100 * result.difference:+.1f} (p n/a: no spread)"
+    mark = " **significant**" if result.significant(alpha) else ""
+    return f"{100 * result.difference:+.1f} (p = {result.p:.3f}){mark}"

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from dml.report.dynamics import read_dynamics
-from dml.report.runs import RunFileError, read_run_file
-from dml.report.stats import mean_ci, welch
+from dml.report.runs import RunFileError, find_studies, read_run_file
+from dml.report.stats import ALPHA, format_welch, mean_ci
 from dml.report.table import display_name, rows_to_markdown
-
-ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -37,11 +35,6 @@ class StudyResult:
 
     def values(self, setting: str, metric: str) -> list[float]:
         return [m[metric] for m in self.test.get(setting, []) if metric in m]
-
-
-def find_studies(root: Path) -> list[Path]:
-    """Study directories (holding ``study.json``) at or under ``root``."""
-    return sorted(p.parent for p in Path(root).rglob("study.json"))
 
 
 def load_study_result(directory: Path) -> StudyResult:
@@ -72,16 +65,6 @@ def _percent(values: Sequence[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} [{low:.1f}, {high:.1f}] (n={len(values)})"
 
 
-def _test(a: Sequence[float], b: Sequence[float]) -> str:
-    result = welch(a, b)
-    if result is None:
-        return "—"
-    if math.isnan(result.p):
-        return f"{100 * result.difference:+.1f} (p n/a: no spread)"
-    mark = " **significant**" if result.significant(ALPHA) else ""
-    return f"{100 * result.difference:+.1f} (p = {result.p:.3f}){mark}"
-
-
 def _values(values: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                      f"{k.split('.')[-1]}={v}" for k, v in values.items())
@@ -107,9 +90,10 @@ def studies_markdown(results: Sequence[StudyResult], metric: str = "recall@1",
         row = [r.strategy,
                f"{trials.get('complete', 0)} / {trials.get('pruned', 0)} / "
                f"{trials.get('diverged', 0)} / {trials.get('failed', 0)}",
-               objective, _percent(untuned), _percent(tuned), _test(tuned, untuned)]
+               objective, _percent(untuned), _percent(tuned), format_welch(tuned, untuned)]
         if base:
-            row.append("baseline" if r is base else _test(tuned, base.values("best", metric)))
+            baseline_values = base.values("best", metric)
+            row.append("baseline" if r is base else format_welch(tuned, baseline_values))
         row.append(" / ".join(f"{sum(v) / len(v):.2f}" if v else "—"
                               for v in (r.collapse.get("defaults"), r.collapse.get("best"))))
         rows.append(row)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dml.report.paper import published_recall_at_1
 from dml.report.runs import Run, cell_labels
+from dml.report.stats import format_welch
 
 FIRST_METRICS = ("recall@1", "map@r")
 NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
@@ -107,9 +108,17 @@ def _published_text(value: float | str | None) -> str:
     return "—" if value is None else value if isinstance(value, str) else f"{value:.1f}"
 
 
-def markdown_tables(cells: Sequence[Cell], metrics: Sequence[str], paper: bool) -> str:
-    """A table per dataset (rows: strategies; columns: seeds and every metric in %, and the
-    published R@1 with ``paper``), preceded by an R@1 overview when there are several datasets."""
+def markdown_tables(
+    cells: Sequence[Cell],
+    metrics: Sequence[str],
+    paper: bool,
+    baseline: str | None = None,
+    metric: str = "recall@1",
+) -> str:
+    """A table per dataset (rows: strategies; columns: seeds and every metric in %, the
+    published R@1 with ``paper``, and with a ``baseline`` row label each row's ``metric`` minus
+    the baseline's on that dataset, with Welch's p), preceded by an R@1 overview when there are
+    several datasets."""
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     parts = []
     if len(datasets) > 1:
@@ -126,11 +135,16 @@ def markdown_tables(cells: Sequence[Cell], metrics: Sequence[str], paper: bool) 
     for d in datasets:
         header = ["strategy", "seeds", *(display_name(m) for m in metrics)]
         header += ["paper R@1"] if paper else []
+        header += [f"{display_name(metric)} − {baseline} (p)"] if baseline else []
         rows = [header, ["---"] * len(header)]
+        base = next((c for c in cells if (c.strategy, c.dataset) == (baseline, d)), None)
         for c in (c for c in cells if c.dataset == d):
             row = [c.strategy, str(len(c.runs))]
             row += [format_percent(c.mean(m), c.std(m)) for m in metrics]
             row += [_published_text(c.published())] if paper else []
+            if baseline:
+                row.append("baseline" if c is base else "—" if base is None
+                           else format_welch(c.values(metric), base.values(metric)))
             rows.append(row)
         parts.append(f"## {d}\n\n" + rows_to_markdown(rows))
     return "\n".join(parts)
