@@ -3,6 +3,12 @@
 The run's config comes from the checkpoint. Overrides change it: ``data=<name>`` switches to
 another dataset config of ``conf/data`` (as in ``dml-train``), dotted ones set single values, e.g.
 ``data.source.root=/data/omniglot``. The model always stays the checkpoint's.
+
+``--one-shot N`` (Omniglot with ``data.source.merge_characters=1``) adds the one-shot N-way
+within-alphabet classification accuracy of Lake et al. (2015) on the split, ``one_shot@N``, and
+its number of trials, ``one_shot_trials``: ``--episodes`` seeded episodes (``--seed``), each
+classifying N images of one drawer against one image per character of another drawer (a seeded
+re-sampling of Lake's protocol, not its 20 fixed runs; see :mod:`dml.eval.oneshot`).
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from dml.cli.errors import exit_on_user_error
 from dml.cli.train import CONFIG_DIR
-from dml.errors import ConfigError
+from dml.config_checks import check_int
+from dml.errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dml.data import DMLDataModule
 
 #: Config groups dml-eval cannot switch, and why.
 FIXED_GROUPS = {
@@ -35,6 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="test (default), val, or query (query→gallery)")
     p.add_argument("--output", type=Path, help="also write the metrics as JSON to this file")
     p.add_argument("--accelerator", default="auto")
+    p.add_argument(
+        "--one-shot",
+        type=int,
+        metavar="N",
+        help="also the one-shot N-way within-alphabet accuracy (Omniglot), e.g. 20",
+    )
+    p.add_argument(
+        "--episodes", type=int, default=1000, help="one-shot episodes (default 1000: N*1000 trials)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the one-shot episodes (default 0)")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -93,6 +116,35 @@ def check_output(path: Path) -> None:
         path.unlink()
 
 
+def check_one_shot(args: argparse.Namespace) -> None:
+    """``--one-shot`` and ``--episodes`` are sensible (before anything is loaded)."""
+    if args.one_shot is not None:
+        check_int("--one-shot", args.one_shot, 2, "the classes per episode", 20)
+        check_int("--episodes", args.episodes, 1, "the one-shot episodes", 1000)
+
+
+def one_shot_episodes(
+    datamodule: DMLDataModule, split: str, n_way: int, episodes: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """The ``(support, query)`` episodes of :func:`dml.eval.oneshot.sample_episodes`, as indices
+    of the ``split`` dataset's records (the order its eval loader reads and the module returns
+    the embeddings in). A :class:`DatasetError` unless its source tells each record's drawer."""
+    from dml.eval.oneshot import sample_episodes
+
+    records = datamodule.datasets[split].records
+    drawer = getattr(datamodule.source, "drawer", None)
+    drawers = [drawer(r) for r in records] if drawer is not None else [None]
+    if None in drawers:
+        why = "has no drawers" if drawer is None else "has merged or rotated classes"
+        raise DatasetError(
+            f"--one-shot needs Omniglot with data.source.merge_characters=1 (each class one "
+            f"character drawn once by each drawer): the {split} split of "
+            f"{type(datamodule.source).__name__} {why}"
+        )
+    labels, groups = [r.label for r in records], [r.group for r in records]
+    return sample_episodes(labels, groups, drawers, n_way, episodes, seed)
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
@@ -104,18 +156,33 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
     cfg = apply_overrides(cfg, args.overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
+    loaders = datamodule.eval_dataloader(args.split)
+    episodes = None
+    if args.one_shot is not None:  # before the model: a dataset without drawers fails at once
+        episodes = one_shot_episodes(datamodule, args.split, args.one_shot, args.episodes,
+                                     args.seed)
     module = build_module(cfg)
     module.net = net_from_checkpoint(ckpt, cfg)
+    module.keep_eval_embeddings = episodes is not None
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False
     )
-    trainer.test(module, dataloaders=datamodule.eval_dataloader(args.split), verbose=False)
-    return module.eval_metrics["test"]
+    trainer.test(module, dataloaders=loaders, verbose=False)
+    metrics = dict(module.eval_metrics["test"])
+    if episodes is not None:
+        from dml.eval.oneshot import one_shot_accuracy
+
+        [(embeddings, _labels)] = module.eval_embeddings["test"]
+        assert len(embeddings) == len(datamodule.datasets[args.split])  # one per record, in order
+        metrics[f"one_shot@{args.one_shot}"] = one_shot_accuracy(embeddings, *episodes)
+        metrics["one_shot_trials"] = episodes[0].numel()
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with exit_on_user_error():
+        check_one_shot(args)
         if args.output:
             check_output(args.output)
         metrics = evaluate(args)

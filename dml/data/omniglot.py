@@ -129,6 +129,16 @@ class Omniglot(DatasetSource):
             return load_image(path, self.image_mode).rotate(90 * quarter_turns)
         return load_image(item, self.image_mode)
 
+    @staticmethod
+    def drawer(record: Record) -> str | None:
+        """Who drew ``record``'s image (``"01"`` to ``"20"``): the ``<drawer>`` of its file name
+        ``<id>_<drawer>.png``. None when its class is not one character drawn once per drawer:
+        a merged class (no group) or a rotated image (a tuple item). Used by the one-shot check
+        (:mod:`dml.eval.oneshot`)."""
+        if record.group is None or not isinstance(record.item, str):
+            return None
+        return Path(record.item).stem.rpartition("_")[2]
+
 
 def merge_classes(records: list[Record], m: int, seed: int) -> list[Record]:
     """Relabel ``records`` so each new class unites ``m`` old classes from ``m`` distinct groups.

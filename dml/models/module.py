@@ -92,6 +92,10 @@ class DMLModule(L.LightningModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, memory_buffer_names(self))
         self.eval_metrics: dict[str, dict[str, float]] = {}
+        #: True (dml-eval --one-shot): :meth:`_evaluate` also keeps the ``(embeddings, labels)``
+        #: of each eval loader, in dataset order, in ``eval_embeddings["val" | "test"]``.
+        self.keep_eval_embeddings = False
+        self.eval_embeddings: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's loss, embeddings
 
@@ -189,6 +193,8 @@ class DMLModule(L.LightningModule):
             )
         parts = [self._gather(self._outputs[i]) for i in sorted(self._outputs)]
         self._outputs.clear()
+        if self.keep_eval_embeddings:
+            self.eval_embeddings[prefix] = parts
         if not parts:
             return {}
         metrics = self._metrics(parts, with_nmi) if rank_and_world_size()[0] == 0 else None
