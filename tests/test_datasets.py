@@ -196,3 +196,19 @@ def test_omniglot_train_rotations_add_rotated_classes(omniglot_root: Path):
     assert source.load(r.item).tobytes() == expected.tobytes() != source.load(path).tobytes()
     with pytest.raises(DatasetError, match="train_rotations"):
         Omniglot(train_rotations=3)
+
+
+@pytest.mark.parametrize("folds", [0, 2])
+def test_omniglot_validation_holds_no_rotated_classes(omniglot_root: Path, folds: int):
+    """Validation is carved by alphabet with every rotation of its characters held out of
+    training, and keeps only the unrotated ones, as test has (val_holdout and val_folds)."""
+    tf = build_transform(size=8, channels=1, mean=[0.5], std=[0.5])
+    dm = DMLDataModule(Omniglot(train_rotations=4), tf, tf, 2, 2, val_holdout=1, val_folds=folds)
+    splits = dm.split_records()
+    held_out = {r.group for r in splits["val"]}
+    plain = DMLDataModule(Omniglot(), tf, tf, 2, 2, val_holdout=1, val_folds=folds)
+    unrotated = [(r.item[0], r.group) for r in splits["val"] if r.item[1] == 0]
+    assert unrotated == [(r.item, r.group) for r in plain.split_records()["val"]]
+    assert len(unrotated) == len(splits["val"])  # the same alphabets' images, none rotated
+    assert held_out and not any(r.group in held_out for r in splits["train"])
+    assert {r.label.rpartition("@")[2] for r in splits["train"]} == {"0", "90", "180", "270"}

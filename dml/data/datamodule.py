@@ -98,8 +98,9 @@ class DMLDataModule(L.LightningDataModule):
     from the training classes; ``test``, or ``query`` and ``gallery`` (evaluated apart).
     With ``val_folds = k`` (MLRC's class-disjoint cross-validation), fold ``val_fold`` of
     :func:`class_folds` is the validation split instead of ``val_holdout``.
-    Model selection uses ``val``, never ``test``. The arguments are checked at construction
-    (a :class:`ConfigError` names the ``data.*`` key), before any training.
+    Model selection uses ``val``, never ``test``; like test, ``val`` holds no made-up classes
+    (:meth:`DatasetSource.is_synthetic`, e.g. Omniglot's rotations). The arguments are checked
+    at construction (a :class:`ConfigError` names the ``data.*`` key), before any training.
 
     Distributed (``world_size`` ranks): the P×K sampler shards each global batch by class across
     ranks (``batch_p`` is the global P); each eval loader reads its rank's share of the split in
@@ -173,6 +174,8 @@ class DMLDataModule(L.LightningDataModule):
             splits["train"], splits["val"] = carve_validation(
                 splits["train"], self.val_holdout, self.seed
             )
+        if "val" in splits:  # validate like test: no made-up classes (their groups stay held out)
+            splits["val"] = [r for r in splits["val"] if not self.source.is_synthetic(r)]
         return splits
 
     def setup(self, stage: str | None = None) -> None:

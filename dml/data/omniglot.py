@@ -13,8 +13,8 @@ characters from M different alphabets of the same split (so train and test stay 
 characters left over when fewer than M alphabets remain are dropped.
 
 ``train_rotations=4`` adds each training character rotated by 90°, 180° and 270° as three new
-classes (the class augmentation of Vinyals et al. 2016 and Snell et al. 2017); test classes are
-never rotated.
+classes (the class augmentation of Vinyals et al. 2016 and Snell et al. 2017); validation
+(carved from training by alphabet) and test classes are never rotated.
 """
 
 from __future__ import annotations
@@ -128,6 +128,10 @@ class Omniglot(DatasetSource):
             path, quarter_turns = item
             return load_image(path, self.image_mode).rotate(90 * quarter_turns)
         return load_image(item, self.image_mode)
+
+    def is_synthetic(self, record: Record) -> bool:
+        """A rotated character (``(path, quarter_turns)`` with turns > 0): a training class only."""
+        return isinstance(record.item, tuple) and record.item[1] != 0
 
     @staticmethod
     def drawer(record: Record) -> str | None:

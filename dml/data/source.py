@@ -54,6 +54,11 @@ class DatasetSource(ABC):
         """Open one record's image (default: ``item`` is a file path)."""
         return load_image(item, self.image_mode)
 
+    def is_synthetic(self, record: Record) -> bool:
+        """True for a record this source made up as an extra training class (Omniglot's rotated
+        characters): validation carved from training keeps only the real ones, as test has."""
+        return False
+
     def fingerprint(self, records: Sequence[Record]) -> list:
         """What changes when the bytes behind ``records`` change, for the tensor cache
         (:mod:`dml.data.tensor_cache`): ``[path, size, mtime_ns, inode, ctime_ns]`` of every file
