@@ -103,6 +103,18 @@ def test_loop_protocol(ds):
         assert list(cfg.module.eval_ks) == [1, 2, 4, 8] and cfg.module.nmi
 
 
+def test_fair_omniglot_keeps_the_published_protocol_while_the_default_moves_on():
+    """The published Omniglot tables (docs/results.md, studies/) ran on the default experiment of
+    their time; experiment=fair_omniglot pins it, so they re-run and resume as published."""
+    default = compose_experiment()
+    for name in ("fair_omniglot", "fair_omniglot_merged"):
+        cfg = compose_experiment(f"experiment={name}")
+        pinned = (cfg.optimizer.lr, cfg.model.channels_last, cfg.data.source.train_rotations,
+                  cfg.trainer.max_epochs, cfg.callbacks.best_checkpoint.monitor, cfg.data.cache)
+        assert pinned == (1e-3, False, 1, 18, "val/recall@1", False), name
+    assert (default.optimizer.lr, default.data.source.train_rotations) == (3e-3, 4)
+
+
 def test_experiments_module_settings_take_effect():
     assert compose_experiment("experiment=sct_cub200").module.scheduler_interval == "epoch"
     assert list(compose_experiment("experiment=sct_sop").module.eval_ks) == [1, 10, 100, 1000]
