@@ -137,7 +137,8 @@ class Omniglot(DatasetSource):
     def drawer(record: Record) -> str | None:
         """Who drew ``record``'s image (``"01"`` to ``"20"``): the ``<drawer>`` of its file name
         ``<id>_<drawer>.png``. None when its class is not one character drawn once per drawer:
-        a merged class (no group) or a rotated image (a tuple item). Used by the one-shot check
+        a merged class (no group) or a split with rotated classes (a tuple item, also for the
+        unrotated copy). Used by the one-shot check
         (:mod:`dml.eval.oneshot`)."""
         if record.group is None or not isinstance(record.item, str):
             return None
