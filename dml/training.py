@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from dml.allocator import keep_freed_memory
 from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
@@ -151,6 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     start = time.time()
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
