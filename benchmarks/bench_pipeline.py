@@ -12,21 +12,24 @@ off). Rows, measured in the same run:
 * ``pipeline, data.cache=true``: sampler → decoded uint8 tensor cache → batched affine
   (``on_after_batch_transfer``) → model.
 
-A step's time is the interval between consecutive ``on_train_batch_end`` calls (so it includes
-fetching and transforming the next batch); the median over ``--steps`` steps after ``--warmup``
-is a row's time in one round; the three rows are measured interleaved for ``--rounds`` rounds (the
-cached pipeline right after the model-only row in even rounds, right before it in odd ones) and
-the median round is reported, as ms/step and images/s. A row's ratio is the median over rounds of
-model-only time / row time within the round. Bar (issue 11): pipeline / model only ≥ 0.95.
+The three rows are measured in one ``Trainer.fit``, interleaved step by step, so that a change of
+the machine's speed hits every row alike: the training batches come in cycles of five, pre-made,
+pre-made, cached pipeline, pre-made, PIL pipeline. A step's time is the interval between
+consecutive ``on_train_batch_end`` calls; it includes the step's augmentation on the device
+(``on_after_batch_transfer``) and fetching the *next* batch (Lightning prefetches one). So the
+first pre-made step of a cycle is a clean model-only step (its next batch is pre-made too), and a
+pipeline step costs the step before it plus its own, minus a model-only step:
+``pipeline = t(pre-made before it) + t(its own step) − t(model only)``, each ``t`` the median over
+``--steps`` cycles after ``--warmup``, whether or not Lightning prefetches. Ratio = model only /
+pipeline. Bar (issue 11): ≥ 0.95 with the cache.
 
 The scaling table (issue 11, goal 5) *estimates* the training time per epoch (no validation) of
 the cached pipeline for P×K = 32×4, 64×4, 128×4 and embedding dimension 64, 128, 512: the median
-step time of a few timed steps × the sampler's steps per epoch.
+step time of 20 timed steps (after 3) × the sampler's steps per epoch.
 
 Needs the Omniglot zips in ``$DML_DATA_DIR/omniglot``; the tensor cache goes to
 ``$DML_CACHE_DIR`` (its first build is timed apart as ``setup``). Usage:
-``python benchmarks/bench_pipeline.py [--steps 30] [--warmup 5] [--rounds 3] [--threads N]
-[--no-scaling]``.
+``python benchmarks/bench_pipeline.py [--steps 100] [--warmup 5] [--threads N] [--no-scaling]``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
@@ -55,6 +58,8 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
 from dml.allocator import keep_freed_memory  # noqa: E402
 from dml.data.sampler import PKBatchSampler  # noqa: E402
 from dml.training import build_module  # noqa: E402
+
+SCALING_STEPS, SCALING_WARMUP = 20, 3  # per scaling row
 
 
 class StepTimer(L.Callback):
@@ -72,17 +77,27 @@ class StepTimer(L.Callback):
         return statistics.median(gaps[max(0, warmup - 1) :])
 
 
-class Premade(Dataset):
-    """Batches made beforehand, served one per index (``DataLoader(batch_size=None)``)."""
+class Interleaved:
+    """``cycles`` cycles of training batches: pre-made, pre-made, from ``cached``, pre-made, from
+    ``pil`` (each pre-made batch of a cycle is ``premade[cycle % len(premade)]``)."""
 
-    def __init__(self, batches: list[Any]) -> None:
-        self.batches = batches
+    ROWS = ("model", "before cached", "cached", "before pil", "pil")
+
+    def __init__(self, premade: list[Any], cached: DataLoader, pil: DataLoader, cycles: int):
+        self.premade, self.cached, self.pil, self.cycles = premade, cached, pil, cycles
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.ROWS) * self.cycles
 
-    def __getitem__(self, i: int) -> Any:
-        return self.batches[i]
+    def __iter__(self) -> Any:
+        cached, pil = iter(self.cached), iter(self.pil)
+        for c in range(self.cycles):
+            p = self.premade[c % len(self.premade)]
+            yield p
+            yield p
+            yield next(cached)  # fetched when Lightning asks for it, not at the cycle's start
+            yield p
+            yield next(pil)
 
 
 def config(*overrides: str) -> DictConfig:
@@ -100,8 +115,11 @@ def config(*overrides: str) -> DictConfig:
         )
 
 
-def fit_steps(cfg: DictConfig, steps: int, datamodule: Any = None, loader: Any = None) -> StepTimer:
-    """Train ``steps`` steps of ``cfg``'s module through Lightning; return their timings."""
+def fit_steps(
+    cfg: DictConfig, steps: int, datamodule: Any = None, loader: Any = None, module: Any = None
+) -> StepTimer:
+    """Train ``steps`` steps of ``module`` (default: ``cfg``'s, built after seeding) through
+    Lightning; return their timings."""
     L.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer()
     trainer = instantiate(
@@ -115,7 +133,7 @@ def fit_steps(cfg: DictConfig, steps: int, datamodule: Any = None, loader: Any =
         callbacks=[timer],
         default_root_dir=None,
     )
-    module = build_module(cfg)
+    module = module or build_module(cfg)
     if datamodule is not None:
         trainer.fit(module, datamodule=datamodule)
     else:
@@ -147,12 +165,9 @@ def sampler(dm: Any) -> PKBatchSampler:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=100, help="timed cycles (steps per row)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed cycles before them")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="the three rows are measured interleaved, R times"
-    )
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args()
     if config().keep_freed_memory:  # as dml-train does
@@ -161,10 +176,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    total = args.warmup + args.steps
     print(
         f"conv4 / multisimilarity / AdamW on Omniglot 28 px, {torch.get_num_threads()} threads, "
-        f"median of {args.steps} steps after {args.warmup} warm-up",
+        f"median of {args.steps} steps per row after {args.warmup} warm-up",
         flush=True,
     )
 
@@ -173,41 +187,36 @@ def main() -> None:
         cfg = config(f"data.cache={str(cache).lower()}")
         dms[cache], setups[cache] = datamodule(cfg), cfg
     dm = dms[True][0]
-    loader = DataLoader(Premade(premade_batches(dm, total)), batch_size=None)
-    steps: dict[Any, list[float]] = {"model": [], False: [], True: []}
-    for r in range(args.rounds):  # interleaved: a load change on the machine hits every row
-        # the cached pipeline runs right before or right after the model-only row, alternately
-        for row in ("model", True, False) if r % 2 == 0 else (True, "model", False):
-            if row == "model":
-                timer = fit_steps(setups[True], total, loader=loader)
-            else:
-                timer = fit_steps(setups[row], total, datamodule=dms[row][0])
-            steps[row].append(timer.median_step(args.warmup))
-
+    cycles = args.warmup + args.steps
+    batches = Interleaved(
+        premade_batches(dm, 16),
+        DataLoader(dm.datasets["train"], batch_sampler=sampler(dm)),
+        DataLoader(dms[False][0].datasets["train"], batch_sampler=sampler(dms[False][0])),
+        cycles,
+    )
+    L.seed_everything(setups[True].seed, verbose=False)
+    module = build_module(setups[True])
+    module.on_after_batch_transfer = dm.on_after_batch_transfer  # augments the cached batches
+    timer = fit_steps(setups[True], len(batches), loader=batches, module=module)
+    gaps = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)]  # step i: gaps[i-1]
+    t = {
+        row: statistics.median(
+            gaps[c * len(Interleaved.ROWS) + k - 1] for c in range(args.warmup, cycles)
+        )
+        for k, row in enumerate(Interleaved.ROWS)
+    }
+    peer = t["model"]
     batch = dm.batch_p * dm.batch_k
-    peer = statistics.median(steps["model"])
     print(
         f"{'model only (pre-made batches)':<30} {peer * 1e3:8.1f} ms/step {batch / peer:6.0f} img/s"
     )
-    for cache in (False, True):
-        step = statistics.median(steps[cache])
-        # the ratio of each round's two rows, median over rounds: a slow drift of the machine's
-        # speed between rounds cancels
-        ratio = statistics.median(m / s for m, s in zip(steps["model"], steps[cache], strict=True))
+    for name, cache in (("pil", False), ("cached", True)):
+        step = t[f"before {name}"] + t[name] - peer
         print(
             f"{f'pipeline, data.cache={str(cache).lower()}':<30} {step * 1e3:8.1f} ms/step "
-            f"{batch / step:6.0f} img/s   ratio {ratio:.2f} vs model only (bar 0.95)   "
+            f"{batch / step:6.0f} img/s   ratio {peer / step:.2f} vs model only (bar 0.95)   "
             f"setup {dms[cache][1]:.1f} s"
         )
-    print(
-        f"(medians over {args.rounds} interleaved rounds; per round, ms/step: "
-        + "; ".join(
-            f"{k if k == 'model' else f'cache={str(k).lower()}'} "
-            + " ".join(f"{v * 1e3:.0f}" for v in steps[k])
-            for k in ("model", False, True)
-        )
-        + ")"
-    )
 
     if args.no_scaling:
         return
@@ -219,7 +228,8 @@ def main() -> None:
     for p, dim in ((32, 128), (64, 128), (128, 128), (32, 64), (32, 512)):
         run_cfg = config("data.cache=true", f"data.batch_p={p}", f"model.embedding_dim={dim}")
         dm.batch_p = p  # same datasets, the new P
-        step = fit_steps(run_cfg, total, datamodule=dm).median_step(args.warmup)
+        timer = fit_steps(run_cfg, SCALING_WARMUP + SCALING_STEPS, datamodule=dm)
+        step = timer.median_step(SCALING_WARMUP)
         per_epoch = len(sampler(dm))
         print(
             f"{f'{p} x {dm.batch_k}':>8} {dim:>5} {step * 1e3:9.1f} {p * dm.batch_k / step:7.0f} "
