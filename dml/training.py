@@ -25,14 +25,9 @@ from dml.models import DMLModule
 from dml.run_dir import claim, is_launch_rank_zero, write_records
 
 
-def build_module(cfg: DictConfig) -> DMLModule:
-    """The LightningModule of a config (backbone, loss, optimizer and scheduler factories)."""
-    optimizer = instantiate(cfg.optimizer)
-    try:  # an impossible optimizer setting fails here, not after the first epoch
-        optimizer([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"optimizer: {e} (check the optimizer.* values)") from None
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+def build_loss(cfg: DictConfig) -> DMLLoss:
+    """The loss of a config: ``loss=...``, wrapped by ``synthesis=...`` and then ``memory=...``
+    when they are set."""
     loss = instantiate(cfg.loss)
     if not isinstance(loss, DMLLoss):
         raise ConfigError(
@@ -48,6 +43,18 @@ def build_module(cfg: DictConfig) -> DMLModule:
     for wrapper in ("synthesis", "memory"):
         if cfg.get(wrapper):
             loss = instantiate(cfg[wrapper])(loss=loss)
+    return loss
+
+
+def build_module(cfg: DictConfig) -> DMLModule:
+    """The LightningModule of a config (backbone, loss, optimizer and scheduler factories)."""
+    optimizer = instantiate(cfg.optimizer)
+    try:  # an impossible optimizer setting fails here, not after the first epoch
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"optimizer: {e} (check the optimizer.* values)") from None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    loss = build_loss(cfg)
     return DMLModule(
         net=instantiate(cfg.model),
         loss=loss,

@@ -24,6 +24,7 @@ from dml.cli.errors import user_error
 from dml.data.datamodule import DMLDataModule, class_folds
 from dml.data.records import Record
 from dml.errors import ConfigError, DatasetError
+from dml.training import build_loss
 from dml.tune.settings import default_values
 from dml.tune.space import check_space, distributions, overrides
 from dml.tune.storage import open_storage
@@ -31,6 +32,8 @@ from dml.tune.storage import open_storage
 from .training_utils import REPO, TINY
 
 SPACES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
+LOSSES = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
+WRAPPERS = ("memory", "synthesis")
 
 
 def compose_job(*overrides_: str):
@@ -38,15 +41,20 @@ def compose_job(*overrides_: str):
         return compose("config", overrides=list(overrides_), return_hydra_config=True)
 
 
-def test_every_loss_has_a_search_space():
-    losses = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
-    assert losses == SPACES
+def test_every_loss_has_a_search_space_and_the_others_wrap_one():
+    assert set(LOSSES) <= set(SPACES)
+    for name in sorted(set(SPACES) - set(LOSSES)):  # <loss>_<memory or synthesis config>
+        choices = compose_job(f"search={name}").hydra.runtime.choices
+        wrapper = next(choices[w] for w in WRAPPERS if choices.get(w) not in (None, "null"))
+        assert name == f"{choices.loss}_{wrapper}"
+        loss_space = compose_job(f"search={choices.loss}").hydra.sweeper.params
+        assert set(loss_space) < set(compose_job(f"search={name}").hydra.sweeper.params)
 
 
 @pytest.mark.parametrize("name", SPACES)
 def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(name):
     cfg = compose_job(f"search={name}")
-    assert cfg.hydra.runtime.choices.loss == name
+    assert name.startswith(cfg.hydra.runtime.choices.loss)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     params = dict(cfg.hydra.sweeper.params)
     check_space(params, cfg)
@@ -55,7 +63,8 @@ def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(nam
     default_values(space, cfg)  # the config's own values lie inside every range
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     torch.manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    x = torch.nn.functional.normalize(torch.randn(16, cfg.model.embedding_dim), dim=1)
+    x.requires_grad_()
     labels = torch.arange(4).repeat_interleave(4)
     for _ in range(6):
         trial = study.ask(space)
@@ -63,7 +72,8 @@ def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(nam
         for key, value in trial.params.items():  # the override sets exactly the sampled value
             assert OmegaConf.select(job, key) == value
         instantiate(job.optimizer)([torch.nn.Parameter(torch.zeros(1))])
-        loss = instantiate(job.loss)
+        loss = build_loss(job)  # with its memory or synthesis wrapper
+        loss.set_epoch(1)  # past the memory's warm-up
         assert torch.isfinite(loss(x, labels))
         study.tell(trial, 0.0)
 
