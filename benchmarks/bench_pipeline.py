@@ -2,8 +2,9 @@
 
 Everything is built from the real Hydra config (``conf/``, ``data=omniglot`` and the defaults:
 conv4, 28 px, P×K = 32×4, multi-similarity, AdamW) and trained through Lightning's
-``Trainer.fit`` with the DataModule, as ``dml-train`` does (validation, checkpoints and loggers
-off). Rows, measured in the same run:
+``Trainer.fit``, as ``dml-train`` trains (validation, checkpoints and loggers off; the loaders are
+the DataModule's datasets and P×K sampler with ``num_workers=0``, its default, and its
+``on_after_batch_transfer``). Rows, measured in the same run:
 
 * ``model only``: the same model, loss and optimizer step (Lightning's per-step work included)
   on batches made beforehand and held in memory: the peer every other row is compared with;
@@ -14,14 +15,14 @@ off). Rows, measured in the same run:
 
 The three rows are measured in one ``Trainer.fit``, interleaved step by step, so that a change of
 the machine's speed hits every row alike: the training batches come in cycles of five, pre-made,
-pre-made, cached pipeline, pre-made, PIL pipeline. A step's time is the interval between
-consecutive ``on_train_batch_end`` calls; it includes the step's augmentation on the device
-(``on_after_batch_transfer``) and fetching the *next* batch (Lightning prefetches one). So the
-first pre-made step of a cycle is a clean model-only step (its next batch is pre-made too), and a
-pipeline step costs the step before it plus its own, minus a model-only step:
-``pipeline = t(pre-made before it) + t(its own step) − t(model only)``, each ``t`` the median over
-``--steps`` cycles after ``--warmup``, whether or not Lightning prefetches. Ratio = model only /
-pipeline. Bar (issue 11): ≥ 0.95 with the cache.
+pre-made, cached pipeline, pre-made, PIL pipeline. A step's time is the interval between consecutive
+``on_train_batch_end`` calls: it includes fetching the step's batch (Lightning does not prefetch
+from a loader with a length) and augmenting it on the device (``on_after_batch_transfer``). The
+first pre-made step of a cycle is a model-only step. A pipeline step's time is taken as
+``t(pre-made step before it) + t(its own step) − t(model only)``, each ``t`` the median over
+``--steps`` cycles after ``--warmup``: the same as ``t(its own step)`` up to noise here, and still
+right if a Lightning version fetched a batch one step ahead. Ratio = model only / pipeline.
+Bar (issue 11): ≥ 0.95 with the cache.
 
 The scaling table (issue 11, goal 5) *estimates* the training time per epoch (no validation) of
 the cached pipeline for P×K = 32×4, 64×4, 128×4 and embedding dimension 64, 128, 512: the median
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +85,16 @@ class Interleaved:
 
     ROWS = ("model", "before cached", "cached", "before pil", "pil")
 
-    def __init__(self, premade: list[Any], cached: DataLoader, pil: DataLoader, cycles: int):
+    def __init__(
+        self, premade: list[Any], cached: DataLoader, pil: DataLoader, cycles: int
+    ) -> None:
         self.premade, self.cached, self.pil, self.cycles = premade, cached, pil, cycles
 
     def __len__(self) -> int:
         return len(self.ROWS) * self.cycles
 
-    def __iter__(self) -> Any:
-        cached, pil = iter(self.cached), iter(self.pil)
+    def __iter__(self) -> Iterator[Any]:
+        cached, pil = endless(self.cached), endless(self.pil)
         for c in range(self.cycles):
             p = self.premade[c % len(self.premade)]
             yield p
@@ -98,6 +102,12 @@ class Interleaved:
             yield next(cached)  # fetched when Lightning asks for it, not at the cycle's start
             yield p
             yield next(pil)
+
+
+def endless(loader: DataLoader) -> Iterator[Any]:
+    """``loader``'s batches, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 def config(*overrides: str) -> DictConfig:
@@ -133,7 +143,8 @@ def fit_steps(
         callbacks=[timer],
         default_root_dir=None,
     )
-    module = module or build_module(cfg)
+    if module is None:
+        module = build_module(cfg)
     if datamodule is not None:
         trainer.fit(module, datamodule=datamodule)
     else:
@@ -160,6 +171,7 @@ def premade_batches(dm: Any, n: int) -> list[Any]:
 
 
 def sampler(dm: Any) -> PKBatchSampler:
+    """The P×K batch sampler of ``dm``'s training split, as its ``train_dataloader`` builds it."""
     return PKBatchSampler(dm.datasets["train"].labels, dm.batch_p, dm.batch_k, dm.seed)
 
 
@@ -170,6 +182,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
     if config().keep_freed_memory:  # as dml-train does
         keep_freed_memory()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

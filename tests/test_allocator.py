@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import dml.training
+from dml.allocator import keep_freed_memory
 from dml.training import train
 
 from .training_utils import REPO, tiny_config
@@ -37,6 +38,8 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 def page_faults(mode: str) -> tuple[str, int]:
+    """``GROWING_BUFFERS`` in a fresh interpreter, ``keep_freed_memory()`` applied first if
+    ``mode == "keep"``: what it returned, and the minor page faults of the buffers."""
     out = subprocess.run(
         [sys.executable, "-c", GROWING_BUFFERS, mode],
         cwd=REPO,
@@ -56,6 +59,13 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     # 210 MiB against 20 MiB of faults, 10.5x, with 4 KiB pages or transparent huge pages alike;
     # 4x leaves room for the pages of the interpreter's own allocations
     assert default > 4 * kept
+
+
+@pytest.mark.parametrize("name", ["MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"])
+def test_a_users_own_malloc_settings_are_left_alone(monkeypatch, name):
+    monkeypatch.setenv(name, "glibc.malloc.trim_threshold=131072" if name == "GLIBC_TUNABLES"
+                       else "131072")
+    assert keep_freed_memory() is False
 
 
 @pytest.mark.parametrize("keep", [True, False])
