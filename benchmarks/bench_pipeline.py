@@ -184,8 +184,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
-    if config().keep_freed_memory:  # as dml-train does
-        keep_freed_memory()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -196,10 +194,10 @@ def main() -> None:
         flush=True,
     )
 
-    setups, dms = {}, {}
-    for cache in (False, True):
-        cfg = config(f"data.cache={str(cache).lower()}")
-        dms[cache], setups[cache] = datamodule(cfg), cfg
+    setups = {cache: config(f"data.cache={str(cache).lower()}") for cache in (False, True)}
+    if setups[True].keep_freed_memory:  # as dml-train does, before the data is loaded
+        keep_freed_memory()
+    dms = {cache: datamodule(cfg) for cache, cfg in setups.items()}
     dm = dms[True][0]
     cycles = args.warmup + args.steps
     batches = Interleaved(

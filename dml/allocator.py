@@ -3,13 +3,14 @@
 By default glibc serves each allocation above a threshold (128 KiB at start, raised dynamically up
 to 32 MiB) with a fresh ``mmap`` and returns it to the OS when freed, and gives the free top of its
 heap back to the OS once it exceeds ``M_TRIM_THRESHOLD`` (128 KiB at start, then twice the mmap
-threshold). A training step on CPU frees
-and re-allocates the same activation buffers every step (conv4 at P×K = 32×4: up to 25.7 MB each),
-so every step page-faults them in again and zero-fills them in the kernel. Fixing both thresholds
-keeps those pages in the process. On this project's 2-core CPU a default conv4 training step on
-pre-made batches took 151–158 ms with it, and 134–224 ms without it, depending on the state of
-the heap (3 rounds each of the benchmark's model-only row, at commit c04875d); the default
-experiment's kernel time fell from 2 min 46 s – 4 min 1 s to 9 s (README).
+threshold). A training step on CPU frees and re-allocates the same activation buffers every step
+(conv4 at P×K = 32×4: up to 25.7 MB each), so every step page-faults them in again and zero-fills
+them in the kernel. Fixing both thresholds keeps those pages in the process. On this project's
+2-core CPU a default conv4 training step on pre-made batches took 151–158 ms with the same two
+settings (given as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``), and 134–224 ms
+without them, depending on the state of the heap (3 rounds each of the benchmark's model-only
+row, at commit c04875d); the default experiment's kernel time fell from 2 min 46 s – 4 min 1 s to
+9 s with this function (README).
 
 The cost: freed memory stays in the process (its peak heap) until it exits. The settings are
 process-wide and one-way: once applied, a later run in the same process (a multirun with the

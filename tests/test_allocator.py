@@ -37,6 +37,7 @@ for mib in range(1, 21):
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
+
 def page_faults(mode: str) -> tuple[str, int]:
     """``GROWING_BUFFERS`` in a fresh interpreter, ``keep_freed_memory()`` applied first if
     ``mode == "keep"``: what it returned, and the minor page faults of the buffers."""
