@@ -247,3 +247,18 @@ def test_one_shot_bigger_than_the_alphabets_is_one_line(checkpoint, capsys):
 def test_one_shot_of_one_class_is_one_line(checkpoint, capsys):
     line = eval_error(capsys, [str(checkpoint), "--one-shot", "1"])
     assert line.startswith("error: --one-shot must be an integer >= 2")
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--seed"])
+def test_one_shot_settings_without_one_shot_are_one_line(checkpoint, capsys, flag):
+    line = eval_error(capsys, [str(checkpoint), flag, "300"])
+    assert line == (
+        f"error: {flag} sets the one-shot episodes and does nothing alone: add --one-shot N "
+        "(e.g. --one-shot 20)"
+    )
+
+
+def test_one_shot_defaults_to_1000_episodes(checkpoint, tmp_path):
+    out = tmp_path / "m.json"
+    dml_eval([str(checkpoint), "--one-shot", "2", "--accelerator", "cpu", "--output", str(out)])
+    assert json.loads(out.read_text())["one_shot_trials"] == 2 * 1000

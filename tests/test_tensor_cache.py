@@ -25,7 +25,13 @@ from dml.data.batch_transforms import (
     to_normalized,
 )
 from dml.data.omniglot import Omniglot
-from dml.data.tensor_cache import cache_identity, cache_path, cached_images, decode_all
+from dml.data.tensor_cache import (
+    cache_identity,
+    cache_path,
+    cached_images,
+    changed_files,
+    decode_all,
+)
 from dml.data.transforms import build_transform
 from dml.errors import ConfigError, DatasetError
 from dml.training import train
@@ -129,7 +135,7 @@ def test_changed_archive_makes_the_cache_stale_and_it_is_rebuilt(
     assert torch.equal(cached_images(source, "train", records, eval_params()), after)
 
 
-def test_touched_archive_alone_invalidates_the_cache(omniglot_root: Path):
+def test_touched_archive_alone_invalidates_the_cache(omniglot_root: Path, caplog):
     source = Omniglot(omniglot_root)
     records = source.splits()["train"]
     cached_images(source, "train", records, eval_params())
@@ -137,17 +143,30 @@ def test_touched_archive_alone_invalidates_the_cache(omniglot_root: Path):
     st = archive.stat()
     os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same second, same size
     loads = CountingLoads(source)
-    cached_images(source, "train", records, eval_params())
+    with caplog.at_level(logging.WARNING, logger="dml.data.tensor_cache"):
+        cached_images(source, "train", records, eval_params())
     assert loads.calls == len(records)
+    assert f"changed on disk: {archive} and 0 more file(s)" in caplog.text
 
 
-def test_an_edited_image_file_invalidates_the_cache(omniglot_root: Path):
+def test_an_edited_image_file_invalidates_the_cache(omniglot_root: Path, caplog):
     source = Omniglot(omniglot_root)
     records = source.splits()["train"]
     before = cached_images(source, "train", records, eval_params())
     Path(records[5].item).write_bytes(png_bytes(7))
-    after = cached_images(source, "train", records, eval_params())
+    with caplog.at_level(logging.WARNING, logger="dml.data.tensor_cache"):
+        after = cached_images(source, "train", records, eval_params())
     assert (after[5] == 7).all() and not torch.equal(before[5], after[5])
+    assert f"changed on disk: {records[5].item} and 0 more file(s)" in caplog.text
+
+
+def test_changed_files_names_each_changed_entry_in_order():
+    old = [[["a.zip", 1, "md5"]], [["x.png", 1, 2], ["y.png", 1, 2], ["z.png", 1, 2]]]
+    new = [[["a.zip", 1, "md5"]], [["x.png", 1, 3], ["y.png", 1, 2], ["z.png", 2, 2]]]
+    assert changed_files(old, new) == ["x.png", "z.png"]
+    assert changed_files(old, old) == []
+    assert changed_files(old, [old[0], old[1][:2]]) == []  # a file removed: no one file to name
+    assert changed_files(None, new) == []  # a cache file written without a fingerprint
 
 
 def test_a_same_size_image_put_back_with_its_old_mtime_invalidates_the_cache(omniglot_root: Path):

@@ -55,9 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also the one-shot N-way within-alphabet accuracy (Omniglot), e.g. 20",
     )
     p.add_argument(
-        "--episodes", type=int, default=1000, help="one-shot episodes (default 1000: N*1000 trials)"
+        "--episodes", type=int, help="one-shot episodes (default 1000: N*1000 trials)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the one-shot episodes (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the one-shot episodes (default 0)")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -117,10 +117,20 @@ def check_output(path: Path) -> None:
 
 
 def check_one_shot(args: argparse.Namespace) -> None:
-    """``--one-shot`` and ``--episodes`` are sensible (before anything is loaded)."""
-    if args.one_shot is not None:
-        check_int("--one-shot", args.one_shot, 2, "the classes per episode", 20)
-        check_int("--episodes", args.episodes, 1, "the one-shot episodes", 1000)
+    """``--one-shot``, ``--episodes`` and ``--seed`` are sensible (before anything is loaded);
+    the latter two default to 1000 and 0, and are an error without ``--one-shot``."""
+    if args.one_shot is None:
+        given = [flag for flag in ("episodes", "seed") if getattr(args, flag) is not None]
+        if given:
+            raise ConfigError(
+                f"--{given[0]} sets the one-shot episodes and does nothing alone: add "
+                "--one-shot N (e.g. --one-shot 20)"
+            )
+        return
+    check_int("--one-shot", args.one_shot, 2, "the classes per episode", 20)
+    args.episodes = 1000 if args.episodes is None else args.episodes
+    args.seed = 0 if args.seed is None else args.seed
+    check_int("--episodes", args.episodes, 1, "the one-shot episodes", 1000)
 
 
 def one_shot_episodes(

@@ -152,6 +152,22 @@ def _read(path: Path, identity: dict[str, Any], fingerprint: Any) -> torch.Tenso
         log.warning("tensor cache %s does not hold the expected images: rebuilding it", path)
         return None
     if payload.get("fingerprint") != fingerprint:
-        log.warning("tensor cache %s is stale (the dataset changed on disk): rebuilding it", path)
+        changed = changed_files(payload.get("fingerprint"), fingerprint)
+        log.warning(
+            "tensor cache %s is stale (the dataset changed on disk: %s): rebuilding it",
+            path,
+            f"{changed[0]} and {len(changed) - 1} more file(s)" if changed else "its file list",
+        )
         return None
     return images
+
+
+def changed_files(old: Any, new: Any) -> list[str]:
+    """The paths whose fingerprint entries (lists ``[path, ...]``, nested in lists as
+    :meth:`DatasetSource.fingerprint` makes them) differ between ``old`` and ``new``, in order;
+    empty where the two differ in shape (files added or removed), which names no one file."""
+    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return []
+    if new and isinstance(new[0], str):  # one file's entry
+        return [] if old == new else [new[0]]
+    return [path for o, n in zip(old, new, strict=True) for path in changed_files(o, n)]
