@@ -62,7 +62,7 @@ class Run:
     @property
     def name(self) -> str:
         """The strategy with its wrappers: ``multisimilarity+xbm``, ``sct+mochi``."""
-        return "+".join((self.strategy, *self.wrappers))
+        return strategy_name(self.strategy, self.wrappers)
 
     def settings(self) -> dict[str, str]:
         """The overrides that may distinguish runs: ``{key: value}`` without the cell's own keys
@@ -120,6 +120,12 @@ def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
         if k.lstrip("+") == key:
             return v
     return None
+
+
+def strategy_name(loss: str, wrappers: Iterable[str | None]) -> str:
+    """A loss config's name joined with those of the configs wrapping it (``WRAPPER_GROUPS``,
+    unset ones left out): ``multisimilarity+xbm``, ``sct+mochi``."""
+    return "+".join((loss, *(w for w in wrappers if w not in (None, "null", "None"))))
 
 
 def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run:
