@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dml.allocator import keep_freed_memory
+from dml.callbacks.wall_clock import WallClock
 from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
@@ -177,6 +178,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     reporter = trial_reporter(cfg)
     if reporter is not None:
         callbacks["trial_reporter"] = reporter
+    callbacks["wall_clock"] = clock = WallClock(start)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:  # so W&B / CSV can filter and group runs by any config value
         logger.log_hyperparams(module.config)
@@ -202,7 +204,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
             trainer.test(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
             result["test"] = module.eval_metrics.get("test", {})
         result["epochs"] = trainer.current_epoch
-        result["wall_time_s"] = round(time.time() - start, 1)
+        result["wall_time_s"] = round(clock.elapsed(), 1)
         if trainer.is_global_zero:
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             print(

@@ -65,12 +65,17 @@ def test_killed_run_resumes_exactly(trained, tmp_path):
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crash)
-    train(tiny_config(tmp_path, "ckpt_path=last"))
+    killed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    before = killed["callbacks"]["WallClock"]["elapsed_s"]
+    result = train(tiny_config(tmp_path, "ckpt_path=last"))
     full = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=False)
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == full["epoch"] and resumed["global_step"] == full["global_step"]
     for k, v in full["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=k)
+    # the run's wall time counts the killed process up to its last checkpoint, then this one
+    assert 0 < before < resumed["callbacks"]["WallClock"]["elapsed_s"]
+    assert resumed["callbacks"]["WallClock"]["elapsed_s"] <= result["wall_time_s"] + 0.05  # 0.1 s
 
 
 def test_resume_argv_reuses_the_runs_overrides(tmp_path):
