@@ -122,10 +122,17 @@ def _from_overrides(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
-def strategy_name(loss: str, wrappers: Iterable[str | None]) -> str:
-    """A loss config's name joined with those of the configs wrapping it (``WRAPPER_GROUPS``,
-    unset ones left out): ``multisimilarity+xbm``, ``sct+mochi``."""
-    return "+".join((loss, *(w for w in wrappers if w not in (None, "null", "None"))))
+def chosen_wrappers(choices: dict[str, Any], overrides: Sequence[str] = ()) -> tuple[str, ...]:
+    """The configs chosen for the ``WRAPPER_GROUPS`` (Hydra's runtime choices, else the
+    overrides), unset ones left out: ``("xbm",)``."""
+    chosen = (choices.get(g, _from_overrides(overrides, g)) for g in WRAPPER_GROUPS)
+    return tuple(w for w in chosen if w not in (None, "null", "None"))
+
+
+def strategy_name(loss: str, wrappers: Iterable[str]) -> str:
+    """A loss config's name joined with those of the configs wrapping it:
+    ``multisimilarity+xbm``, ``sct+mochi``."""
+    return "+".join((loss, *wrappers))
 
 
 def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run:
@@ -138,7 +145,6 @@ def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run
     choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
     config = read_run_file(job_dir / "config.yaml") or {}
     seed = config.get("seed", _from_overrides(overrides, "seed"))
-    wrappers = (choices.get(g, _from_overrides(overrides, g)) for g in WRAPPER_GROUPS)
     metrics = {
         k: float(v)
         for k, v in (result.get(split) or {}).items()
@@ -152,7 +158,7 @@ def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run
         overrides=overrides,
         metrics=metrics,
         wall_time_s=result.get("wall_time_s"),
-        wrappers=tuple(w for w in wrappers if w not in (None, "null", "None")),
+        wrappers=chosen_wrappers(choices, overrides),
     )
 
 

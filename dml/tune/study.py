@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import ConfigError, DivergenceError, UserError
 from dml.files import write_text_atomic
-from dml.report.runs import WRAPPER_GROUPS, strategy_name
+from dml.report.runs import chosen_wrappers, strategy_name
 from dml.run_dir import holds_run
 from dml.tune.liveness import lock_held, sweeper_gone, sweeper_id
 from dml.tune.settings import (
@@ -325,8 +325,8 @@ class Study:
             "study": self.name,
             "storage": self.storage,
             "objective": self.settings.objective,
-            "strategy": choices.get("loss") and strategy_name(
-                choices["loss"], (choices.get(group) for group in WRAPPER_GROUPS)),
+            "strategy": choices.get("loss") and strategy_name(choices["loss"],
+                                                              chosen_wrappers(choices)),
             "search": choices.get("search"),
             "overrides": self.fixed,
             "folds": self.folds,
