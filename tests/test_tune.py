@@ -61,6 +61,7 @@ def test_every_search_space_composes_with_its_loss_and_samples_valid_configs(nam
     check_space(params, cfg)
     space = distributions(params)
     assert "optimizer.lr" in space
+    assert cfg.hydra.sweeper.n_trials == (24 if len(space) > 3 else 12)  # effort per value
     default_values(space, cfg)  # the config's own values lie inside every range
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     torch.manual_seed(0)
@@ -126,6 +127,21 @@ def test_a_pruner_that_fires_stops_trials_after_their_first_epoch(tmp_path):
         assert metrics["pruned_at"] == 0 and metrics["epochs"] == 1  # 1 of 2 epochs trained
     summary = json.loads((tmp_path / "study.json").read_text())
     assert summary["trials"]["pruned"] == 2 and summary["best"] is None
+
+
+def test_no_trial_is_pruned_at_its_last_epoch_and_it_is_scored_there(tmp_path):
+    # the pruner fires at every report, but the only epoch is the last: the trial completes, and
+    # its objective is the last epoch's value (the checkpoint a retrain would be tested at)
+    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.max_epochs=1",
+                     "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                     "+hydra.sweeper.pruner.lower=2.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = stored_trials(tmp_path)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    metrics = json.loads((tmp_path / "trial_0" / "metrics.json").read_text())
+    assert metrics["pruned_at"] is None
+    assert Path(metrics["checkpoint"]).name == "last.ckpt"
+    assert trial.value == pytest.approx(metrics["val"]["map@r"]) == trial.intermediate_values[0]
 
 
 def test_a_killed_study_resumes_from_its_storage_without_repeating_finished_trials(tmp_path):

@@ -14,7 +14,8 @@ class TrialReporter(L.Callback):
     """After each validation epoch, reports ``objective`` (e.g. ``val/map@r``) to trial ``number``
     of the study at step ``step_offset + epoch`` and asks its pruner (median, Hyperband, …) whether
     to go on; a pruned run stops at the end of that epoch (``pruned_at`` holds the epoch), on every
-    rank. ``step_offset`` separates the folds of a cross-validated trial."""
+    rank. ``step_offset`` separates the folds of a cross-validated trial. A trial is never pruned
+    at its last epoch: stopping there saves nothing and loses a finished trial."""
 
     def __init__(self, storage: str, study: str, number: int, objective: str,
                  step_offset: int = 0) -> None:
@@ -43,10 +44,12 @@ class TrialReporter(L.Callback):
                 f"logged: {', '.join(logged)}"
             )
         prune = False
+        epochs = trainer.max_epochs
+        last = epochs not in (None, -1) and trainer.current_epoch + 1 >= epochs
         if trainer.is_global_zero:
             trial = self.trial()
             trial.report(float(value), step=self.step_offset + trainer.current_epoch)
-            prune = trial.should_prune()
+            prune = not last and trial.should_prune()
         if trainer.strategy.broadcast(prune, src=0):
             self.pruned_at = trainer.current_epoch
             trainer.should_stop = True

@@ -169,18 +169,20 @@ class Study:
             f"+trial.storage={override_value(self.storage)}",
             f"+trial.objective={s.objective}",
             "test=false",
-            *self._monitor(),
+            *self._last_epoch(),
             *(["ckpt_path=last"] if holds_run(run_dir) else []),
             *(["data.val_fold=" + str(fold)] if fold is not None else []),
             *self._group(),
             f"hydra.sweep.subdir={override_value(where)}",
         ]
 
-    def _monitor(self) -> list[str]:
-        """Trials select their checkpoint on the objective, the value told to the study."""
-        if OmegaConf.select(self.config, "callbacks.best_checkpoint.monitor") is None:
+    def _last_epoch(self) -> list[str]:
+        """A trial is scored at its last epoch, as a retrain (which has no validation split to
+        select an epoch on) is tested at its last: the search then picks the setting whose final
+        state is best, which is what the retrain measures."""
+        if OmegaConf.select(self.config, "callbacks.best_checkpoint") is None:
             return []
-        return [f"callbacks.best_checkpoint.monitor={self.settings.objective}"]
+        return ["callbacks.best_checkpoint=null"]
 
     def _group(self) -> list[str]:
         """A study's trials and retrains form one W&B group, named after the study."""
