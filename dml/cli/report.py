@@ -1,5 +1,5 @@
 """``dml-report [DIR ...] [--paper] [--diagrams] [--baseline ROW] [--out DIR]``: the table and bar
-plot of a sweep, or of several directories pooled.
+plot of a sweep, or of several directories pooled; the tuned comparison of a directory of studies.
 
 Reads every run under DIR (a ``dml-train -m`` output directory, default: the newest under
 ./multirun) from disk: its ``metrics.json``, ``config.yaml`` and ``.hydra/`` files. Groups runs
@@ -11,13 +11,22 @@ diagrams of each strategy's first seed. Never needs W&B.
 A row is a strategy: the loss config with the configs wrapping it, ``multisimilarity+xbm`` for
 ``loss=multisimilarity memory=xbm``, ``sct+mochi`` for ``synthesis=mochi``; a setting that
 differs between runs of one row is added to its label, ``sct [loss.lam=0.5]``. With
-``--baseline ROW`` each table gets a column: ``--metric`` of the row minus the baseline's,
-with Welch's two-sided p over seeds.
+``--baseline ROW`` each table gets a column: ``--metric`` of the row minus the baseline's, with
+the Welch 95 % confidence interval of the difference, Welch's two-sided p over seeds and the
+Holm-adjusted p over the family of all the table's rows against the baseline (the report names
+each family); also written to ``comparisons.csv`` and drawn in ``effects.png``.
 
 One directory of studies (``dml-train -m search=<loss>``, each with a ``study.json``) gets the
 tuned comparison instead: per strategy the tuned values, trials run / pruned, validation
-objective, untuned and tuned test metric over seeds with 95 % confidence intervals, and Welch's
-t-test against the untuned setting and against ``--baseline``.
+objective, untuned and tuned test metric over seeds with 95 % confidence intervals, and the
+difference to the untuned setting and to ``--baseline`` (95 % CI, raw and Holm-adjusted p; one
+Holm family per column). ``--compare A:B ...`` tests listed pairs of rows (``sct:nca_semihard``,
+``'sct [untuned]:nca_semihard [untuned]'``) as one more family, named by ``--family`` (e.g. the
+claims of a verdict). Each tuned value is shown with its place in its search range, and flagged
+(†, and listed in the header) within ``--edge-fraction`` of a bound (log space for log ranges).
+Pictures: ``effects.png`` (each difference with its CI, per family) and ``curves.png`` (per
+strategy: the best trial's validation R@1 per epoch, the collapse indicator per step of the
+retrain runs with a band over seeds).
 
 Several directories (``dml-report A B C``) are pooled into one table, written to
 ``multirun/report-A+B+C`` unless ``--out``. A study among them contributes its retrain runs as
@@ -34,6 +43,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from dml.tune.edges import EDGE_FRACTION
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +65,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'multisimilarity [untuned]' (studies: the tuned strategy)")
     p.add_argument("--metric", default="recall@1",
                    help="the metric compared with --baseline (default: recall@1; e.g. map@r)")
-    return p.parse_args(argv)
+    p.add_argument("--compare", nargs="+", default=[], metavar="ROW:BASE",
+                   help="studies: pairs of rows tested as one Holm family, e.g. "
+                        "sct:nca_semihard loop_multisimilarity:multisimilarity")
+    p.add_argument("--family", default="compared", metavar="NAME",
+                   help="studies: the name of the --compare family (default: compared)")
+    p.add_argument("--edge-fraction", type=float, default=EDGE_FRACTION, metavar="F",
+                   help="studies: flag tuned values within this share of a search-range bound "
+                        f"(default: {EDGE_FRACTION})")
+    args = p.parse_args(argv)
+    bad = [pair for pair in args.compare if pair.count(":") != 1]
+    if bad:
+        p.error(f"--compare takes ROW:BASE pairs, got {bad[0]!r}")
+    if not 0 <= args.edge_fraction < 0.5:
+        p.error("--edge-fraction must be in [0, 0.5)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,9 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         dirs = args.sweep_dirs or [latest_sweep()]
         if len(dirs) == 1 and find_studies(dirs[0]):  # tuned comparisons (dml-train -m search=)
-            path = make_study_report(dirs[0], args.out, args.metric, args.baseline)
-            print(path.read_text() + f"wrote {path}")
+            pairs = [tuple(pair.split(":")) for pair in args.compare]
+            paths = make_study_report(dirs[0], args.out, args.metric, args.baseline, pairs,
+                                      args.family, args.edge_fraction)
+            print(paths[0].read_text() + "wrote " + ", ".join(map(str, paths)))
             return
+        if args.compare:
+            raise ReportError("--compare is for a directory of studies (study.json); a sweep's "
+                              "rows are tested against --baseline")
         report = make_report(dirs[0] if len(dirs) == 1 else dirs, args.out, paper=args.paper,
                              split=args.split, diagrams=args.diagrams, baseline=args.baseline,
                              metric=args.metric)
@@ -75,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.markdown.read_text())
-    written = [report.markdown, report.table_csv, report.runs_csv, report.plot, report.diagrams]
+    written = [report.markdown, report.table_csv, report.runs_csv, report.plot, report.diagrams,
+               report.comparisons, report.effects]
     print("wrote " + ", ".join(str(p) for p in written if p is not None))
 
 

@@ -31,10 +31,12 @@ class RunDynamics:
     re-evaluation of the selected checkpoint after training, logged at epoch = max_epochs, is not
     part of the curve); ``last_epoch[stat]``: mean of ``train/<stat>`` over the logged steps of
     the last training epoch (NaN when the loss never logged it, e.g. ``hard_fraction`` of a pair
-    loss, ``memory_fraction`` without a memory)."""
+    loss, ``memory_fraction`` without a memory); ``pair_cos_by_step[s]``: the collapse indicator
+    ``train/mean_pairwise_sim`` logged at global step ``s``."""
 
     val_recall_at_1: dict[int, float]
     last_epoch: dict[str, float]
+    pair_cos_by_step: dict[int, float]
 
     @property
     def best_epoch(self) -> int | None:
@@ -86,7 +88,11 @@ def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
         values = [v for r in last_rows if (v := _number(r.get(f"train/{stat}"))) is not None]
         values = [v for v in values if not math.isnan(v)]
         last_epoch[stat] = sum(values) / len(values) if values else math.nan
-    return RunDynamics(val, last_epoch)
+    by_step = {int(step): v for rows in train.values() for r in rows
+               if (step := _number(r.get("step"))) is not None
+               and (v := _number(r.get("train/mean_pairwise_sim"))) is not None
+               and not math.isnan(v)}
+    return RunDynamics(val, last_epoch, dict(sorted(by_step.items())))
 
 
 def dynamics_markdown(cells: Sequence[Cell]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dml.report.paper import published_recall_at_1
 from dml.report.runs import Run, cell_labels
-from dml.report.stats import format_welch
+from dml.report.stats import Family, family, format_comparison
 
 FIRST_METRICS = ("recall@1", "map@r")
 NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
@@ -108,6 +108,19 @@ def _published_text(value: float | str | None) -> str:
     return "—" if value is None else value if isinstance(value, str) else f"{value:.1f}"
 
 
+def baseline_families(cells: Sequence[Cell], baseline: str, metric: str) -> dict[str, Family]:
+    """Per dataset with a ``baseline`` row, the Holm family of every other row's ``metric``
+    against it (named ``<dataset>: all vs <baseline>``)."""
+    families = {}
+    for d in dict.fromkeys(c.dataset for c in cells):
+        base = next((c for c in cells if (c.strategy, c.dataset) == (baseline, d)), None)
+        if base is not None:
+            families[d] = family(f"{d}: all vs {baseline}", [
+                (c.strategy, baseline, c.values(metric), base.values(metric))
+                for c in cells if c.dataset == d and c is not base])
+    return families
+
+
 def markdown_tables(
     cells: Sequence[Cell],
     metrics: Sequence[str],
@@ -117,8 +130,9 @@ def markdown_tables(
 ) -> str:
     """A table per dataset (rows: strategies; columns: seeds and every metric in %, the
     published R@1 with ``paper``, and with a ``baseline`` row label each row's ``metric`` minus
-    the baseline's on that dataset, with Welch's p), preceded by an R@1 overview when there are
-    several datasets."""
+    the baseline's on that dataset: 95 % CI, Welch's p and the Holm-adjusted p over the
+    dataset's :func:`baseline_families`), preceded by an R@1 overview when there are several
+    datasets."""
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     parts = []
     if len(datasets) > 1:
@@ -132,10 +146,13 @@ def markdown_tables(
                 row.append(format_percent(c.mean("recall@1"), c.std("recall@1")) if c else "")
             rows.append(row)
         parts.append("## R@1 (%) by dataset\n\n" + rows_to_markdown(rows))
+    tests = {(d, c.row): format_comparison(c)
+             for d, f in (baseline_families(cells, baseline, metric) if baseline else {}).items()
+             for c in f.comparisons}
     for d in datasets:
         header = ["strategy", "seeds", *(display_name(m) for m in metrics)]
         header += ["paper R@1"] if paper else []
-        header += [f"{display_name(metric)} − {baseline} (p)"] if baseline else []
+        header += [f"{display_name(metric)} − {baseline} [95 % CI], p, Holm p"] if baseline else []
         rows = [header, ["---"] * len(header)]
         base = next((c for c in cells if (c.strategy, c.dataset) == (baseline, d)), None)
         for c in (c for c in cells if c.dataset == d):
@@ -143,8 +160,7 @@ def markdown_tables(
             row += [format_percent(c.mean(m), c.std(m)) for m in metrics]
             row += [_published_text(c.published())] if paper else []
             if baseline:
-                row.append("baseline" if c is base else "—" if base is None
-                           else format_welch(c.values(metric), base.values(metric)))
+                row.append("baseline" if c is base else tests.get((d, c.strategy), "—"))
             rows.append(row)
         parts.append(f"## {d}\n\n" + rows_to_markdown(rows))
     return "\n".join(parts)
@@ -183,6 +199,23 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> N
         for run, (strategy, dataset) in zip(runs, cell_labels(runs), strict=True):
             row = [strategy, dataset, run.seed, str(run.run_dir), run.wall_time_s]
             writer.writerow(row + [_csv_number(run.metrics.get(m)) for m in metrics])
+
+
+def write_comparisons_csv(families: Sequence[Family], path: Path) -> None:
+    """One row per comparison: its family, the rows, seeds, the difference with its 95 % CI,
+    t, Welch–Satterthwaite df, raw and Holm-adjusted p (as fractions; empty without a test)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["family", "row", "baseline", "n", "n_baseline", "difference",
+                         "ci_low", "ci_high", "t", "df", "p", "p_holm"])
+        for fam in families:
+            for c in fam.comparisons:
+                w = c.welch
+                numbers = [] if w is None else [w.difference, w.low, w.high, w.t, w.dof, w.p]
+                numbers = [x if x == x else None for x in numbers] or [None] * 6  # NaN: empty
+                numbers.append(c.p_holm if c.p_holm == c.p_holm else None)
+                writer.writerow([fam.name, c.row, c.baseline, c.n, c.n_baseline,
+                                 *(_csv_number(x) for x in numbers)])
 
 
 def _csv_number(x: float | None) -> str:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import ConfigError
 from dml.eval.retrieval import positive_ks
+from dml.tune.edges import EDGE_FRACTION
 
 
 @dataclass
@@ -30,6 +31,7 @@ class StudySettings:
     retrain_seeds: list[int] = field(default_factory=list)
     retrain_defaults: bool = True
     resume_running: bool = False
+    edge_fraction: float = EDGE_FRACTION
 
 
 def study_settings(settings: dict[str, Any]) -> StudySettings:

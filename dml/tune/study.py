@@ -20,6 +20,7 @@ pruned fold ends the trial."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from dml.errors import ConfigError, DivergenceError, UserError
 from dml.files import write_text_atomic
 from dml.report.runs import chosen_wrappers, strategy_name
 from dml.run_dir import holds_run
+from dml.tune.edges import range_edges
 from dml.tune.liveness import lock_held, sweeper_gone, sweeper_id
 from dml.tune.settings import (
     StudySettings,
@@ -338,6 +340,7 @@ class Study:
                 "failed": sum(t.state == state.FAIL for t in trials),
                 "diverged": len(diverged),
             },
+            "ranges": self.params,
             "defaults": defaults,
             "defaults_value": next((t.value for t in trials if t.state == state.COMPLETE
                                     and "diverged" not in t.user_attrs
@@ -354,4 +357,13 @@ class Study:
         self.run_trials()
         summary = self.summary(*(self.retrain() if self.settings.retrain_seeds else ({}, {})))
         write_text_atomic(self.directory / "study.json", json.dumps(summary, indent=2) + "\n")
+        self.warn_range_edges(summary)
         return summary
+
+    def warn_range_edges(self, summary: dict[str, Any]) -> None:
+        """A warning (stderr) for each best value within ``edge_fraction`` of a range bound."""
+        best = (summary.get("best") or {}).get("params", {})
+        for edge in range_edges(best, self.space, self.settings.edge_fraction):
+            print(f"warning: study {self.name}: the best {edge.describe()}: the search may have "
+                  f"stopped at the wall; widen hydra.sweeper.params.{edge.key} or say why the "
+                  "bound is physical", file=sys.stderr)
