@@ -2,6 +2,7 @@
 and a study's tuned/untuned runs, seeds of one row from several directories, a seed in two of
 them, and --baseline against any row. Hand-made run directories, no training."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from dml.report import collect_runs, make_report
 from dml.report.runs import cell_labels
 from dml.report.stats import welch
 from tests.test_report import fake_run, train_row, write_csv_log
-from tests.test_report_studies import write_study
+from tests.test_report_studies import expected_cell, holm_by_definition, write_study
 
 
 def with_choices(job: Path, **choices: str | None) -> Path:
@@ -155,22 +156,31 @@ def test_baseline_is_any_row_of_the_pooled_table(two_dirs, tmp_path, capsys):
     a, b = two_dirs
     dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--baseline", "sct [untuned]"])
     out = capsys.readouterr().out
-    assert "| R@1 − sct [untuned] (p) |" in out
+    assert "| R@1 − sct [untuned] [95 % CI], p, Holm p |" in out
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines()
             if line.startswith("| ") and " | 3 | " in line}
     assert rows["sct [untuned]"].endswith("| baseline |")
-    hcl = welch([0.48, 0.49, 0.48], [0.27, 0.28, 0.27])
-    expected = f"| {100 * hcl.difference:+.1f} (p = {hcl.p:.3f}) **significant** |"
-    assert hcl.p < 0.05 and rows["hcl"].endswith(expected)
-    xbm = welch([0.30, 0.31, 0.32], [0.27, 0.28, 0.27])  # a row of the other directory
-    assert f"| {100 * xbm.difference:+.1f} (p = {xbm.p:.3f})" in rows["multisimilarity+xbm"]
+    base = [0.27, 0.28, 0.27]
+    others = {"contrastive": [0.56, 0.55, 0.58], "hcl": [0.48, 0.49, 0.48],
+              "multisimilarity+xbm": [0.30, 0.31, 0.32], "sct [tuned]": [0.48, 0.46, 0.50]}
+    tests = {row: welch(values, base) for row, values in others.items()}
+    adjusted = holm_by_definition([t.p for t in tests.values()])  # the family: 4 rows vs base
+    assert "Holm family `omniglot: all vs sct [untuned]`: 4 tests" in out
+    for (row, t), q in zip(tests.items(), adjusted, strict=True):
+        mark = " **significant**" if q < 0.05 else ""
+        assert rows[row].endswith(expected_cell(t, q) + mark + " |"), row
     dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--baseline", "hcl",
                 "--metric", "map@r"])
     out = capsys.readouterr().out
-    assert "| MAP@R − hcl (p) |" in out
+    assert "| MAP@R − hcl [95 % CI], p, Holm p |" in out
+    assert "Holm family `omniglot: all vs hcl`: 4 tests" in out
+    assert (tmp_path / "out" / "effects.png").stat().st_size > 0
+    with open(tmp_path / "out" / "comparisons.csv") as f:
+        xbm_csv = next(r for r in csv.DictReader(f) if r["row"] == "multisimilarity+xbm")
     xbm = welch([0.30 / 4, 0.31 / 4, 0.32 / 4], [0.48 / 4, 0.49 / 4, 0.48 / 4])
+    assert float(xbm_csv["p"]) == xbm.p and float(xbm_csv["ci_low"]) == xbm.low
     xbm_row = next(line for line in out.splitlines() if line.startswith("| multisimilarity+xbm"))
-    assert xbm_row.endswith(f"| {100 * xbm.difference:+.1f} (p = {xbm.p:.3f}) **significant** |")
+    assert f"| {expected_cell(xbm, float(xbm_csv['p_holm']))}" in xbm_row
     with pytest.raises(SystemExit) as exit_:
         dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--baseline", "sct"])
     assert exit_.value.code == 2

@@ -272,11 +272,23 @@ def wandb_run_record(run_dir: Path):
 
 
 def test_a_study_retrains_its_best_and_default_settings_in_one_wandb_group(tmp_path):
+    # edge_fraction 0.5: every numeric value of the best trial lies at a range edge (the
+    # arithmetic of the flag: tests/test_report_studies.py)
     proc = run_sweep(tmp_path, "logger=default", "hydra.sweeper.n_trials=2",
-                     "trainer.max_epochs=1", "hydra.sweeper.retrain_seeds=[0,1]")
+                     "trainer.max_epochs=1", "hydra.sweeper.retrain_seeds=[0,1]",
+                     "+hydra.sweeper.params.loss.lam={low: 0.5, high: 4.0, log: true}",
+                     "hydra.sweeper.edge_fraction=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "study.json").read_text())
     assert summary["strategy"] == "sct" and summary["trials"]["complete"] == 2
+    assert summary["ranges"]["loss.lam"] == {"low": 0.5, "high": 4.0, "log": True}
+    assert summary["ranges"]["loss.hard_threshold"] == {"choices": [None, 0.6, 0.7, 0.8, 0.9]}
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    keys = ("optimizer.lr", "loss.lam", "loss.temperature")  # hard_threshold: a choice
+    assert len(warned) == 3 and all(
+        line.startswith(f"warning: study {tmp_path.name}: the best {key}=") and
+        line.endswith(f"widen hydra.sweeper.params.{key} or say why the bound is physical")
+        for line, key in zip(warned, keys, strict=True))
     assert summary["runs"]["defaults"] == ["defaults_seed0", "defaults_seed1"]
     for name in summary["runs"]["defaults"] + summary["runs"]["best"]:
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())

@@ -116,7 +116,7 @@ class Family:
 
     def describe(self) -> str:
         untested = [c.row for c in self.comparisons if not c.tested]
-        text = f"Holm family `{self.name}`: {self.size} tests"
+        text = f"Holm family `{self.name}`: {self.size} test{'' if self.size == 1 else 's'}"
         return text + (f" (no test, fewer than 2 seeds or no spread: {', '.join(untested)})"
                        if untested else "")
 
