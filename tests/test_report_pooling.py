@@ -181,6 +181,10 @@ def test_baseline_is_any_row_of_the_pooled_table(two_dirs, tmp_path, capsys):
     assert float(xbm_csv["p"]) == xbm.p and float(xbm_csv["ci_low"]) == xbm.low
     xbm_row = next(line for line in out.splitlines() if line.startswith("| multisimilarity+xbm"))
     assert f"| {expected_cell(xbm, float(xbm_csv['p_holm']))}" in xbm_row
+    with pytest.raises(SystemExit) as exit_:  # pairs are for studies; a sweep has --baseline
+        dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--compare", "hcl:sct"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith(
+        "error: --compare is for a directory of studies")
     with pytest.raises(SystemExit) as exit_:
         dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--baseline", "sct"])
     assert exit_.value.code == 2

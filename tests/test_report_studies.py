@@ -269,6 +269,10 @@ def test_dml_report_tests_a_named_family_of_pairs(tmp_path, capsys):
         report_main([str(tmp_path), "--compare", "sct:nope"])
     assert exit_.value.code == 2
     assert "error: --compare: nope is not a study's row" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(tmp_path), "--compare", "sct-nca_semihard"])
+    assert exit_.value.code == 2
+    assert "--compare takes ROW:BASE pairs, got 'sct-nca_semihard'" in capsys.readouterr().err
 
 
 def test_dml_report_names_an_unknown_baseline(tmp_path, capsys):
