@@ -181,10 +181,20 @@ def test_baseline_is_any_row_of_the_pooled_table(two_dirs, tmp_path, capsys):
     assert float(xbm_csv["p"]) == xbm.p and float(xbm_csv["ci_low"]) == xbm.low
     xbm_row = next(line for line in out.splitlines() if line.startswith("| multisimilarity+xbm"))
     assert f"| {expected_cell(xbm, float(xbm_csv['p_holm']))}" in xbm_row
-    with pytest.raises(SystemExit) as exit_:  # pairs are for studies; a sweep has --baseline
+    # a named family of pairs of rows (e.g. a verdict's claims), Holm over those pairs only
+    dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--compare",
+                "hcl:sct [untuned]", "multisimilarity+xbm:hcl", "--family", "claims"])
+    out = capsys.readouterr().out
+    assert "Holm family `claims`: 2 tests" in out
+    first, second = tests["hcl"], welch([0.30, 0.31, 0.32], [0.48, 0.49, 0.48])
+    q = holm_by_definition([first.p, second.p])
+    section = out.split("## Family `claims`")[1]
+    assert f"| hcl − sct [untuned] | 3 vs 3 | {expected_cell(first, q[0])}" in section
+    assert f"| multisimilarity+xbm − hcl | 3 vs 3 | {expected_cell(second, q[1])}" in section
+    with pytest.raises(SystemExit) as exit_:
         dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--compare", "hcl:sct"])
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith(
-        "error: --compare is for a directory of studies")
+        "error: --compare sct is not a row of the table: contrastive, hcl,")
     with pytest.raises(SystemExit) as exit_:
         dml_report([str(a), str(b), "--out", str(tmp_path / "out"), "--baseline", "sct"])
     assert exit_.value.code == 2

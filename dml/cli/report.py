@@ -14,7 +14,9 @@ differs between runs of one row is added to its label, ``sct [loss.lam=0.5]``. W
 ``--baseline ROW`` each table gets a column: ``--metric`` of the row minus the baseline's, with
 the Welch 95 % confidence interval of the difference, Welch's two-sided p over seeds and the
 Holm-adjusted p over the family of all the table's rows against the baseline (the report names
-each family); also written to ``comparisons.csv`` and drawn in ``effects.png``.
+each family); ``--compare A:B ...`` tests the listed pairs of rows as one more family, named by
+``--family``, in a table of its own; all tests also in ``comparisons.csv``, drawn in
+``effects.png``.
 
 One directory of studies (``dml-train -m search=<loss>``, each with a ``study.json``) gets the
 tuned comparison instead: per strategy the tuned values, trials run / pruned, validation
@@ -66,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric", default="recall@1",
                    help="the metric compared with --baseline (default: recall@1; e.g. map@r)")
     p.add_argument("--compare", nargs="+", default=[], metavar="ROW:BASE",
-                   help="studies: pairs of rows tested as one Holm family, e.g. "
+                   help="pairs of rows tested as one Holm family (row minus base), e.g. "
                         "sct:nca_semihard loop_multisimilarity:multisimilarity")
     p.add_argument("--family", default="compared", metavar="NAME",
-                   help="studies: the name of the --compare family (default: compared)")
+                   help="the name of the --compare family, e.g. claims (default: compared)")
     p.add_argument("--edge-fraction", type=float, default=EDGE_FRACTION, metavar="F",
                    help="studies: flag tuned values within this share of a search-range bound "
                         f"(default: {EDGE_FRACTION})")
@@ -83,25 +85,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dml.report import ReportError, RunFileError, latest_sweep, make_report
+    from dml.errors import UserError
+    from dml.report import ReportError, latest_sweep, make_report
     from dml.report.studies import find_studies, make_study_report
 
     args = parse_args(argv)
     try:
         dirs = args.sweep_dirs or [latest_sweep()]
+        pairs = [tuple(pair.split(":")) for pair in args.compare]
         if len(dirs) == 1 and find_studies(dirs[0]):  # tuned comparisons (dml-train -m search=)
-            pairs = [tuple(pair.split(":")) for pair in args.compare]
             paths = make_study_report(dirs[0], args.out, args.metric, args.baseline, pairs,
                                       args.family, args.edge_fraction)
             print(paths[0].read_text() + "wrote " + ", ".join(map(str, paths)))
             return
-        if args.compare:
-            raise ReportError("--compare is for a directory of studies (study.json); a sweep's "
-                              "rows are tested against --baseline")
         report = make_report(dirs[0] if len(dirs) == 1 else dirs, args.out, paper=args.paper,
                              split=args.split, diagrams=args.diagrams, baseline=args.baseline,
-                             metric=args.metric)
-    except (ReportError, RunFileError, FileNotFoundError) as e:
+                             metric=args.metric, compare=pairs, family_name=args.family)
+    except (ReportError, UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.markdown.read_text())

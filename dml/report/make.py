@@ -27,9 +27,11 @@ from dml.report.table import (
     Cell,
     baseline_families,
     display_name,
+    family_markdown,
     group_runs,
     markdown_tables,
     metric_names,
+    pair_families,
     write_cells_csv,
     write_comparisons_csv,
     write_runs_csv,
@@ -65,6 +67,8 @@ def make_report(
     diagrams: bool = False,
     baseline: str | None = None,
     metric: str = "recall@1",
+    compare: Sequence[tuple[str, str]] = (),
+    family_name: str = "compared",
 ) -> Report:
     """Collect every run under ``sweep_dir`` (its ``metrics.json``, config and Hydra choices),
     average over seeds per strategy × dataset and write ``report.md``, ``report.csv``,
@@ -73,7 +77,9 @@ def make_report(
     ``diagrams`` also writes ``diagrams.png``, the triplet diagrams of each strategy's first seed
     by epoch (when its runs saved any); ``baseline``, a row label, adds each row's ``metric``
     minus the baseline's with its 95 % CI, Welch's p and the Holm-adjusted p over the dataset's
-    rows (also written to ``comparisons.csv`` and drawn in ``effects.png``).
+    rows; ``compare``, pairs of row labels, tests each pair (row minus base) as one more family,
+    ``family_name``, per dataset (all tests also in ``comparisons.csv``, drawn in
+    ``effects.png``).
 
     ``sweep_dir`` may be a list of directories: their runs are pooled into one table (see
     :func:`~dml.report.runs.cell_labels` for how rows stay apart); ``out_dir`` then defaults to
@@ -90,6 +96,8 @@ def make_report(
     runs, incomplete = join_runs(collected)
     cells, metrics = group_runs(runs), metric_names(runs)
     _check_baseline(cells, metrics, baseline, metric)
+    for row in (row for pair in compare for row in pair):
+        _check_baseline(cells, metrics, row, metric, "--compare")
     if out_dir is not None:
         out = Path(out_dir)
     elif len(dirs) == 1:
@@ -98,14 +106,18 @@ def make_report(
         out = Path("multirun") / ("report-" + "+".join(source_names(dirs).values()))
     out.mkdir(parents=True, exist_ok=True)
     text = _header(dirs, runs, cells, incomplete, split, paper)
-    families = baseline_families(cells, baseline, metric) if baseline else {}
-    if baseline:
-        text += (f"- {display_name(metric)} − {baseline}: difference of the means in points "
-                 "[Welch 95 % confidence interval, Welch–Satterthwaite df], Welch's two-sided p "
-                 "over seeds, Holm's adjusted p over the family of the table's rows against the "
-                 f"baseline; **significant** when the Holm-adjusted p < {ALPHA}\n")
-        text += "".join(f"- {f.describe()}\n" for f in families.values())
+    against = list(baseline_families(cells, baseline, metric).values()) if baseline else []
+    pairs = list(pair_families(cells, compare, family_name, metric).values())
+    families = against + pairs
+    if families:
+        text += (f"- differences in {display_name(metric)}: of the means in points [Welch 95 % "
+                 "confidence interval, Welch–Satterthwaite df], Welch's two-sided p over seeds, "
+                 "Holm's adjusted p over the family of tests (a table's rows against its "
+                 f"baseline, or the --compare pairs); **significant** when the Holm-adjusted p < "
+                 f"{ALPHA}\n")
+        text += "".join(f"- {f.describe()}\n" for f in families)
     text += "\n" + markdown_tables(cells, metrics, paper, baseline, metric)
+    text += "".join("\n" + family_markdown(f, metric) for f in pairs)
     dynamics = dynamics_markdown(cells) if split == "test" else ""
     text += "\n" + dynamics if dynamics else ""
     diagram_rows = first_seed_diagrams(cells) if diagrams else {}
@@ -120,23 +132,23 @@ def make_report(
     write_runs_csv(runs, metrics, report.runs_csv)
     bar_plot(cells, paper).savefig(report.plot, dpi=100)
     if families:
-        write_comparisons_csv(list(families.values()), report.comparisons)
-        effect_plot(list(families.values()), display_name(metric))[0].savefig(report.effects,
-                                                                               dpi=100)
+        write_comparisons_csv(families, report.comparisons)
+        effect_plot(families, display_name(metric))[0].savefig(report.effects, dpi=100)
     if report.diagrams is not None:
         diagram_grid(diagram_rows).savefig(report.diagrams, dpi=80)
     return report
 
 
 def _check_baseline(
-    cells: Sequence[Cell], metrics: Sequence[str], baseline: str | None, metric: str
+    cells: Sequence[Cell], metrics: Sequence[str], baseline: str | None, metric: str,
+    option: str = "--baseline",
 ) -> None:
     """A :class:`ReportError` unless ``baseline`` is None or a row label with ``metric``."""
     if baseline is None:
         return
     rows = list(dict.fromkeys(c.strategy for c in cells))
     if baseline not in rows:
-        raise ReportError(f"--baseline {baseline} is not a row of the table: {', '.join(rows)}")
+        raise ReportError(f"{option} {baseline} is not a row of the table: {', '.join(rows)}")
     if metric not in metrics:
         raise ReportError(f"--metric {metric} is not a metric of these runs: {', '.join(metrics)}")
 

@@ -23,7 +23,12 @@ from dml.report.dynamics import RunDynamics, read_dynamics
 from dml.report.runs import RunFileError, find_studies, read_run_file
 from dml.report.stats import ALPHA, Family, family, format_comparison, mean_ci
 from dml.report.study_plots import curves_plot, effect_plot
-from dml.report.table import display_name, rows_to_markdown, write_comparisons_csv
+from dml.report.table import (
+    display_name,
+    family_markdown,
+    rows_to_markdown,
+    write_comparisons_csv,
+)
 from dml.tune.edges import EDGE_FRACTION, position, range_edges, study_space
 
 
@@ -164,12 +169,7 @@ def studies_markdown(results: Sequence[StudyResult], families: Sequence[Family],
     note += f"; ranges not recorded: {', '.join(unknown)}" if unknown else ""
     text = rows_to_markdown(rows) + "\n\n" + rows_to_markdown(values) + "\n" + note + ".\n"
     for f in (f for f in families if f.name not in ("tuned vs untuned", against)):
-        pairs = [["comparison", "seeds", f"difference in {name} [95 % CI], p, Holm p", "t (df)"],
-                 ["---"] * 4]
-        pairs += [[f"{c.row} − {c.baseline}", f"{c.n} vs {c.n_baseline}", format_comparison(c),
-                   f"{c.welch.t:.2f} ({c.welch.dof:.1f})" if c.tested else "—"]
-                  for c in f.comparisons]
-        text += f"\n## Family `{f.name}`\n\n" + rows_to_markdown(pairs)
+        text += "\n" + family_markdown(f, metric)
     return text
 
 

@@ -121,6 +121,32 @@ def baseline_families(cells: Sequence[Cell], baseline: str, metric: str) -> dict
     return families
 
 
+def pair_families(cells: Sequence[Cell], pairs: Sequence[tuple[str, str]], name: str,
+                  metric: str) -> dict[str, Family]:
+    """Per dataset holding both rows of some pair, the Holm family ``name`` (``<dataset>: name``
+    with several datasets) of each such pair's ``metric``, row minus base."""
+    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    by = {(c.strategy, c.dataset): c for c in cells}
+    families = {}
+    for d in datasets:
+        tests = [(a, b, by[a, d].values(metric), by[b, d].values(metric))
+                 for a, b in pairs if (a, d) in by and (b, d) in by]
+        if tests:
+            families[d] = family(name if len(datasets) == 1 else f"{d}: {name}", tests)
+    return families
+
+
+def family_markdown(f: Family, metric: str) -> str:
+    """A family's own table: per pair the seeds, the difference in ``metric`` with its 95 % CI,
+    raw and Holm p, and t with its Welch–Satterthwaite df."""
+    rows = [["comparison", "seeds", f"difference in {display_name(metric)} [95 % CI], p, Holm p",
+             "t (df)"], ["---"] * 4]
+    rows += [[f"{c.row} − {c.baseline}", f"{c.n} vs {c.n_baseline}", format_comparison(c),
+              f"{c.welch.t:.2f} ({c.welch.dof:.1f})" if c.tested else "—"]
+             for c in f.comparisons]
+    return f"## Family `{f.name}`\n\n" + rows_to_markdown(rows)
+
+
 def markdown_tables(
     cells: Sequence[Cell],
     metrics: Sequence[str],

@@ -74,7 +74,7 @@ def study_space(directory: Path, summary: Mapping[str, Any]) -> dict[str, BaseDi
     """The search space a study ran: ``ranges`` of its ``study.json`` (written since issue 23),
     else the distributions its Optuna storage recorded for the best trial (the study's journal,
     read only; ``<directory>/optuna.journal`` when the recorded path has moved). None when
-    neither is there."""
+    neither holds the study (a damaged journal is a one-line :class:`ConfigError`)."""
     if summary.get("ranges"):
         return distributions(summary["ranges"])
     best = summary.get("best") or {}
@@ -83,6 +83,9 @@ def study_space(directory: Path, summary: Mapping[str, Any]) -> dict[str, BaseDi
         storage = str(directory / "optuna.journal")
     if best.get("number") is None or ("://" not in storage and not Path(storage).is_file()):
         return None
-    study = optuna.load_study(study_name=summary.get("study") or directory.name,
-                              storage=open_storage(storage))
+    try:
+        study = optuna.load_study(study_name=summary.get("study") or directory.name,
+                                  storage=open_storage(storage))
+    except KeyError:  # another study's storage: its ranges are not this study's
+        return None
     return dict(study.trials[best["number"]].distributions)
