@@ -19,7 +19,7 @@ from dml.cli.report import main as report_main
 from dml.report.stats import family, format_comparison, holm, mean_ci, welch
 from dml.report.studies import load_study_result, study_families
 from dml.report.study_plots import curves_plot, effect_plot
-from dml.tune.edges import position, range_edges
+from dml.tune.edges import position, range_edges, study_space
 from dml.tune.space import distributions
 
 # t quantiles from a printed table (two-sided 95 %): t_{0.975,2} = 4.302653, t_{0.975,4} = 2.776445
@@ -232,6 +232,9 @@ def test_dml_report_on_studies_shows_the_tests_intervals_and_range_edges(tmp_pat
     assert "  - sct: loss.lam=0.12 lies 4.0 % of its log range [0.1, 10] from the floor" in text
     assert ("  - nca_semihard: optimizer.lr=0.0099 lies 0.2 % of its log range [0.0001, 0.01] "
             "from the ceiling") in text
+    summary = json.loads((tmp_path / "nca_semihard" / "study.json").read_text())
+    assert study_space(tmp_path / "nca_semihard", {**summary, "study": "other"}) is None
+    assert study_space(tmp_path / "sct", {**summary, "storage": "/nowhere"}) is None  # no journal
     for name in ("effects.png", "curves.png"):
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     # the pictures draw the table's numbers
