@@ -133,10 +133,11 @@ def studies_markdown(results: Sequence[StudyResult], families: Sequence[Family],
                      metric: str = "recall@1", baseline: str | None = None,
                      fraction: float = EDGE_FRACTION) -> str:
     """The comparison table, a table of the tuned values and, for a family of listed pairs, its
-    table; ``metric`` is a test metric, ``families`` those of :func:`study_families`."""
+    table; ``metric`` is a test metric, ``families`` those of :func:`study_families` (the
+    columns' families first)."""
     name = display_name(metric)
-    cell = {(f.name, c.row): format_comparison(c) for f in families for c in f.comparisons}
-    against = f"tuned vs {baseline}"
+    untuned_cells, base_cells = ({c.row: format_comparison(c) for c in f.comparisons}
+                                 for f in (families[0], families[1] if baseline else families[0]))
     header = ["strategy", "trials: complete / pruned / diverged / failed",
               "val objective: default → best",
               f"untuned test {name}", f"tuned test {name}: mean ± std [95 % CI]",
@@ -154,9 +155,9 @@ def studies_markdown(results: Sequence[StudyResult], families: Sequence[Family],
                f"{trials.get('diverged', 0)} / {trials.get('failed', 0)}",
                objective, _percent(r.values("defaults", metric)),
                _percent(r.values("best", metric)),
-               cell[("tuned vs untuned", r.strategy)]]
+               untuned_cells[r.strategy]]
         if baseline:
-            row.append(cell.get((against, r.strategy), "baseline"))
+            row.append(base_cells.get(r.strategy, "baseline"))
         row.append(" / ".join(f"{sum(v) / len(v):.2f}" if v else "—"
                               for v in (r.collapse.get("defaults"), r.collapse.get("best"))))
         rows.append(row)
@@ -168,7 +169,7 @@ def studies_markdown(results: Sequence[StudyResult], families: Sequence[Family],
             f"scale for log ranges); † within {100 * fraction:g} % of a bound (a range edge)")
     note += f"; ranges not recorded: {', '.join(unknown)}" if unknown else ""
     text = rows_to_markdown(rows) + "\n\n" + rows_to_markdown(values) + "\n" + note + ".\n"
-    for f in (f for f in families if f.name not in ("tuned vs untuned", against)):
+    for f in families[2 if baseline else 1:]:  # after the columns' families: --compare's
         text += "\n" + family_markdown(f, metric)
     return text
 
