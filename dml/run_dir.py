@@ -4,7 +4,8 @@
 the whole run, and refuses when
 
 * another live process holds it (two jobs given the same ``hydra.run.dir``), or
-* it already holds a run's records and this run does not resume it.
+* it already holds a run's records and this run does not resume it (a SLURM job requeued after
+  preemption or its time limit resumes its own run: :mod:`dml.slurm`).
 
 So a run's ``config.yaml``, ``.hydra/``, checkpoints and ``metrics.json`` are only ever written by
 that run (or by a resumption of it) and only after these checks: a failed or refused start
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import RunDirError
 from dml.files import locked, write_text_atomic
+from dml.slurm import record_job
 
 
 def sweep_group() -> str | None:
@@ -80,6 +82,7 @@ def claim(run_dir: Path, resume: bool) -> Iterator[None]:
             lock.truncate()
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             lock.flush()
+        record_job(run_dir)
         for folder in (run_dir, run_dir / "checkpoints"):
             for stale in folder.glob(".*.tmp"):  # a writer killed mid-write; the dir is ours now
                 stale.unlink(missing_ok=True)

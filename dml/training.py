@@ -24,6 +24,7 @@ from dml.losses.base import DMLLoss
 from dml.losses.pml import PMLLoss
 from dml.models import DMLModule
 from dml.run_dir import claim, is_launch_rank_zero, write_records
+from dml.slurm import cluster_plugins, requeued
 
 
 def build_loss(cfg: DictConfig) -> DMLLoss:
@@ -151,8 +152,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     The run directory is claimed first (:func:`dml.run_dir.claim`): a second run cannot write
     into it, and nothing is written there before the data, model, loss and resume checkpoint
-    have passed their checks."""
+    have passed their checks. A SLURM job requeued after preemption or its time limit resumes the
+    run its first start began there (:mod:`dml.slurm`)."""
     run_dir = Path(cfg.run_dir)
+    if requeued(run_dir):  # SLURM started this job again: it continues its own run
+        if (run_dir / "metrics.json").exists():  # requeued after the run had finished
+            return json.loads((run_dir / "metrics.json").read_text())
+        cfg.ckpt_path = "last"
     primary = is_launch_rank_zero()  # DDP workers read the directory, rank 0 owns it
     with claim(run_dir, resumes(cfg, run_dir)) if primary else contextlib.nullcontext():
         return _run(cfg, run_dir, primary)
@@ -187,7 +193,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         callbacks=list(callbacks.values()),
         logger=loggers or False,
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(), *cluster_plugins()],
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -52,3 +52,52 @@ def real_data_dir() -> Path | None:
     if base and (Path(base) / "omniglot" / "images_evaluation.zip").is_file():
         return Path(base)
     return None
+
+
+# ---- the local SLURM cluster and PostgreSQL server (.ci/cluster.sh) ----
+def slurm_missing() -> str | None:
+    """Why the tests marked ``slurm`` cannot run here (None: they can): SLURM's node must be up
+    and PostgreSQL reachable at ``$DML_POSTGRES_URL``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return "no SLURM here (sinfo not found)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                timeout=20).stdout.split()
+    except subprocess.TimeoutExpired:
+        return "SLURM does not answer (sinfo timed out)"
+    if not {"idle", "mixed", "allocated"} & set(states):
+        return f"no SLURM node is up (sinfo: {' '.join(states) or 'nothing'})"
+    try:
+        import psycopg
+
+        psycopg.connect(postgres_url().replace("+psycopg", ""), connect_timeout=5).close()
+    except Exception as e:  # no driver, no server, refused login
+        return f"PostgreSQL at {postgres_url()} not usable ({type(e).__name__})"
+    return None
+
+
+def postgres_url() -> str:
+    return os.environ.get("DML_POSTGRES_URL",
+                          "postgresql+psycopg://dml:dml@127.0.0.1:5432/dml")
+
+
+_SLURM_MISSING: list[str | None] = []
+
+
+@pytest.fixture(autouse=True)
+def _slurm_cluster(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``slurm`` skip with a one-line reason where the cluster is not running, and
+    fail where it must be (``DML_SLURM=1``, set by ``make test`` as root and by CI)."""
+    if request.node.get_closest_marker("slurm") is None:
+        return
+    if not _SLURM_MISSING:
+        _SLURM_MISSING.append(slurm_missing())
+    reason = _SLURM_MISSING[0]
+    if reason is None:
+        return
+    if os.environ.get("DML_SLURM") == "1":
+        pytest.fail(f"DML_SLURM=1 but {reason}: .ci/cluster.sh start did not work", pytrace=False)
+    pytest.skip(f"{reason}; as root: .ci/cluster.sh start")

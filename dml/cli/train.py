@@ -10,6 +10,8 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+import dml.slurm  # noqa: F401  (the ${dml.slurm_gpus:...} resolver of hydra/launcher=slurm)
+
 # The package's configs: in a checkout dml/conf links to the top-level conf/; a wheel holds a copy.
 # `--config-dir DIR` adds a user's own config folder (new groups, or files that override ours).
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
