@@ -25,8 +25,10 @@ install-dev: $(VENV)/.installed-dev  ## ... with the test/lint/benchmark extras
 train: install                        ## train the default experiment (Omniglot); ARGS="..." for overrides
 	$(VENV)/bin/dml-train $(ARGS)
 
-test: install-dev                     ## lint + the whole test suite
+test: install-dev                     ## lint + the whole test suite (as root: with a local SLURM)
 	$(PY) -m ruff check .
+	@set -e; if [ "$$(id -u)" = 0 ] && [ "$${DML_SLURM:-1}" != 0 ]; then \
+	  .ci/cluster.sh start; export DML_SLURM=1; fi; \
 	$(PY) -m pytest -q $(ARGS)
 
 bench: install-dev                    ## all benchmarks (print ratios against the named peers)

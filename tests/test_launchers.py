@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import dml.slurm  # noqa: F401  (registers the resolver of hydra/launcher=slurm, as dml-train does)
 from dml import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,3 +186,16 @@ def test_a_launched_worker_keeps_its_rendezvous_and_arguments(hydra_runtime, mon
     compose_job([])  # a single run (the worker's own Hydra mode), not a multirun
     launch.start_job()
     assert {k: os.environ[k] for k in worker} == worker and sys.argv == argv
+
+
+@pytest.mark.parametrize(("trainer", "gpus"), [([], None), (["trainer=ddp_cpu"], None),
+                                               (["trainer.accelerator=cpu"], None),
+                                               (["trainer=ddp", "trainer.devices=4"], 4),
+                                               (["trainer.accelerator=cuda"], 1)])
+def test_the_slurm_launcher_asks_for_gpus_only_when_the_trainer_uses_them(hydra_runtime, trainer,
+                                                                          gpus):
+    """A CPU partition refuses any GPU request (``sbatch: error: Invalid generic resource``):
+    the default trainer (``accelerator: auto``) and CPU trainers ask for none."""
+    cfg = compose_job(["hydra/launcher=slurm", *trainer])
+    assert cfg.hydra.launcher.gpus_per_node == gpus
+    assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices

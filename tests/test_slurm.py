@@ -84,10 +84,11 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
 
 
 def squeue(name: str) -> dict[str, tuple[str, str]]:
-    """The jobs named ``name``: ``{job id (array tasks: <array>_<task>): (state, reason)}``."""
-    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T %r"], capture_output=True,
+    """The jobs named ``name``: ``{job id: (state, array task)}``: an array task by its own job
+    id (its ``SLURM_JOB_ID``) and as ``<array job>_<task>``, the name scancel takes."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%A %T %i"], capture_output=True,
                          text=True, check=True, timeout=30).stdout
-    return {i: (state, reason) for i, state, reason in (line.split() for line in out.splitlines())}
+    return {i: (state, task) for i, state, task in (line.split() for line in out.splitlines())}
 
 
 def scontrol(*args: str) -> None:
@@ -143,7 +144,8 @@ def paused(run_dir: Path, at: str, name: str) -> str:
     wait_for(lambda: (run_dir / "paused").exists()
              and (run_dir / "paused").read_text() == at, 240, f"{run_dir.name} to reach {at}")
     (run_dir / "paused").unlink()
-    (job,) = [j for j in squeue(name) if j.endswith(f"_{run_dir.name}")]
+    job = (run_dir / "starts.log").read_text().split()[-1]  # the job's SLURM_JOB_ID
+    assert job in squeue(name)
     return job
 
 
@@ -242,23 +244,22 @@ def postgres() -> Iterator[str]:
         conn.execute(f"DROP DATABASE {db} WITH (FORCE)")
 
 
-@pytest.mark.parametrize("storage", ["journal", "postgresql"])
-def test_a_study_of_slurm_jobs_survives_a_cancelled_trial_and_a_killed_sweeper(
-        tmp_path, job_name, storage, request):
+def test_a_study_of_slurm_jobs_on_postgresql_survives_a_cancelled_trial_and_a_killed_sweeper(
+        tmp_path, job_name, postgres):
     """``search=sct`` with 2 trials launched together as SLURM jobs, both reporting each epoch to
-    the study's storage (a journal file, or a PostgreSQL server). Trial 0's job is cancelled at
-    epoch 1 and the sweeper killed; trial 1's job finishes on its own. The same command again:
-    trial 1 is not run again, trial 0 continues from its ``last.ckpt``, every trial is told once,
-    and the best is chosen on validation only."""
-    url = request.getfixturevalue("postgres") if storage == "postgresql" else None
+    the study on a PostgreSQL server (the storage docs/cluster.md recommends for many concurrent
+    trials; the journal file's resumption is tested in tests/test_tune.py). Trial 0's job is
+    cancelled at epoch 1 and the sweeper killed; trial 1's job finishes on its own. The same
+    command again: trial 1 is not run again, trial 0 continues from its ``last.ckpt``, every
+    trial is told once, and the best is chosen on validation only."""
     study = tmp_path / "study"
     (study / "trial_0").mkdir(parents=True)
     (study / "trial_0" / "pauses").write_text("0 1\n")
-    args = [*STUDY, *GATE, *([f"hydra.sweeper.storage={url}"] if url else [])]
+    args = [*STUDY, *GATE, f"hydra.sweeper.storage={postgres}"]
     sweeper = Sweep(study, job_name, *args)
     job = paused(study / "trial_0", "0 1", job_name)
     wait_for(lambda: len(squeue(job_name)) == 2, 60, "both trials running at once")
-    subprocess.run(["scancel", job], check=True, timeout=30)
+    subprocess.run(["scancel", squeue(job_name)[job][1]], check=True, timeout=30)
     sweeper.kill()
     wait_for(lambda: not squeue(job_name), 240, "trial 1's job to finish")
     assert (study / "trial_1" / "metrics.json").exists()
@@ -271,10 +272,7 @@ def test_a_study_of_slurm_jobs_survives_a_cancelled_trial_and_a_killed_sweeper(
     assert epochs(study / "trial_0") == ["0 0", "0 1", "1 1"]
     assert epochs(study / "trial_1") == ["0 0", "0 1"]
 
-    storage_url = url or str(study / "optuna.journal")
-    from dml.tune.storage import open_storage
-
-    loaded = optuna.load_study(study_name="study", storage=open_storage(storage_url))
+    loaded = optuna.load_study(study_name="study", storage=postgres)
     trials = loaded.get_trials(deepcopy=False)
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -288,14 +286,14 @@ def test_a_study_of_slurm_jobs_survives_a_cancelled_trial_and_a_killed_sweeper(
     summary = json.loads((study / "study.json").read_text())
     assert summary["trials"] == {"complete": 2, "pruned": 0, "failed": 0, "diverged": 0}
     assert summary["best"]["value"] == max(values.values())
-    assert summary["storage"] == storage_url
+    assert summary["storage"] == postgres
 
 
 # -- DDP launched by srun --------------------------------------------------------------------------
 def srun_ddp_task(out: Path) -> None:
-    """One task of ``srun --ntasks=2``: Lightning's SLURM environment gives rank, world size and
-    rendezvous; Lightning's DDP trainer (triplet diagram run of tests/test_ddp.py) starts the
-    gloo group, and on that group the loss and gradient checks of tests/test_ddp.py run."""
+    """One task of ``srun --ntasks-per-node=2``: Lightning's SLURM environment gives rank, world
+    size and rendezvous; Lightning's DDP trainer (triplet diagram run of tests/test_ddp.py)
+    starts the gloo group, and on that group the loss and gradient checks of test_ddp run."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
     from torch.nn.parallel import DistributedDataParallel
 
@@ -321,7 +319,8 @@ def test_ddp_launched_by_srun_equals_one_process(tmp_path, job_name):
     from tests import test_ddp
 
     proc = subprocess.run(
-        ["srun", "--ntasks=2", "--cpus-per-task=1", f"--job-name={job_name}", "--time=10",
+        ["srun", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+         f"--job-name={job_name}", "--time=10",
          sys.executable, "-m", "tests.test_slurm", str(tmp_path)],
         env=job_env(), cwd=REPO, capture_output=True, text=True, timeout=300,
     )

@@ -209,6 +209,36 @@ def test_a_second_run_cannot_write_into_a_live_or_finished_run(tmp_path):
     assert "seed: 1" in (run / "config.yaml").read_text()
 
 
+def test_only_its_own_slurm_job_started_again_resumes_a_run(tmp_path, monkeypatch):
+    """A SLURM job started again (requeued after preemption or its time limit:
+    ``SLURM_RESTART_COUNT`` > 0, same ``SLURM_JOB_ID``) resumes the run its first start began in
+    its directory (on a real SLURM: tests/test_slurm.py); another job, or a first start, is
+    refused. Started again after its run finished, it returns the run's metrics."""
+    from dml.training import train
+
+    run, log = tmp_path / "run", tmp_path / "batches.jsonl"
+    args = ["trainer.max_epochs=2", "test=false"]
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(run, *args, *record_overrides(log, "[1,0]")))
+    for job, restarts in (("42", "1"), ("41", "0")):
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        with pytest.raises(RunDirError, match="already holds a run"):
+            train(tiny_config(run, *args))
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    log.write_text("")
+    cfg = tiny_config(run, *args, *record_overrides(log))
+    result = train(cfg)
+    expected = expected_batches(cfg, 2)
+    assert recorded(log) == {1: expected[1]} and result["epochs"] == 2  # resumed at epoch 1
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert train(tiny_config(run, *args, *record_overrides(log))) == result
+    assert recorded(log) == {1: expected[1]}  # nothing trained again
+
+
 def test_jobs_started_in_the_same_second_get_their_own_default_directories():
     """The default ``hydra.run.dir`` / ``sweep.dir`` of conf/config.yaml, resolved at two times
     within one second (as Hydra's ``now`` resolver would), differ."""
