@@ -199,3 +199,20 @@ def test_the_slurm_launcher_asks_for_gpus_only_when_the_trainer_uses_them(hydra_
     cfg = compose_job(["hydra/launcher=slurm", *trainer])
     assert cfg.hydra.launcher.gpus_per_node == gpus
     assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
+
+
+def test_on_slurm_lightning_does_not_requeue_on_its_own(monkeypatch):
+    """Under SLURM the trainer gets Lightning's SLURM environment without its auto-requeue
+    (USR1, a mid-epoch hpc_ckpt): submitit's USR2 requeue and dml's resume from last.ckpt are the
+    one mechanism (dml/slurm.py); outside SLURM Lightning chooses."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from dml.slurm import cluster_plugins
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert cluster_plugins() == []
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    (env,) = cluster_plugins()
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
