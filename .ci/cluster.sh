@@ -27,9 +27,15 @@ install_packages() {
   done
   [ ${#missing[@]} -eq 0 ] && return
   log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    >/dev/null
+  local out
+  out=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+         apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "could not install ${missing[*]}"
+  fi
+  rm -f "$out"
 }
 
 write_conf() {
