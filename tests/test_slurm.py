@@ -104,7 +104,8 @@ def job_name() -> Iterator[str]:
 
 
 class Sweep:
-    """``dml-train -m`` in the background (its own process group), output in ``sweeper.log``."""
+    """``dml-train -m`` in the background (its own process group), output in
+    ``<sweep dir>.sweeper.<id>.log`` beside the sweep directory."""
 
     def __init__(self, sweep_dir: Path, job_name: str, *overrides: str) -> None:
         self.dir = sweep_dir
@@ -130,6 +131,22 @@ class Sweep:
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+@pytest.fixture
+def sweeps(job_name: str) -> Iterator[Callable[..., Sweep]]:
+    """Starts :class:`Sweep`s of this test's jobs; kills those still running when it ends (a
+    sweeper whose jobs were cancelled would wait for them forever)."""
+    started: list[Sweep] = []
+
+    def start(sweep_dir: Path, *overrides: str) -> Sweep:
+        started.append(Sweep(sweep_dir, job_name, *overrides))
+        return started[-1]
+
+    yield start
+    for sweep in started:
+        if sweep.proc.poll() is None:
+            sweep.kill()
 
 
 def release(job: str, name: str, *updates: str) -> None:
@@ -158,13 +175,12 @@ def weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
 
 
 # -- a sweep of SLURM jobs, and dml-report --------------------------------------------------------
-def test_the_docs_sweep_runs_as_slurm_jobs_on_a_cpu_partition_and_reports(tmp_path, job_name):
+def test_the_docs_sweep_runs_as_slurm_jobs_on_a_cpu_partition_and_reports(tmp_path, sweeps):
     """docs/cluster.md's sweep, scaled down to 2 losses × 2 seeds of synthetic data on the CPU
     node: no GPU request reaches sbatch (it refuses one on a CPU partition), every job writes
     its run, and dml-report makes the table of the 4 jobs."""
     sweep = tmp_path / "sweep"
-    output = Sweep(sweep, job_name, "loss=sct,nca_semihard", "seed=0,1",
-                   "trainer.max_epochs=1").finish(300)
+    output = sweeps(sweep, "loss=sct,nca_semihard", "seed=0,1", "trainer.max_epochs=1").finish(300)
     (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
     options = script.read_text()
     assert "#SBATCH --gpus-per-node" not in options and "--gres" not in options, options
@@ -182,7 +198,8 @@ def test_the_docs_sweep_runs_as_slurm_jobs_on_a_cpu_partition_and_reports(tmp_pa
 
 
 # -- preemption and time limits -------------------------------------------------------------------
-def test_a_preempted_then_timed_out_job_resumes_its_own_run_bit_identically(tmp_path, job_name):
+def test_a_preempted_then_timed_out_job_resumes_its_own_run_bit_identically(
+        tmp_path, job_name, sweeps):
     """Job 0 of a 2-job sweep is preempted (``scontrol requeue``) at epoch 2, then, started again,
     reaches its time limit at epoch 4: SLURM sends submitit's USR2, submitit requeues it. Each
     start resumes the run directory of the job from its own ``last.ckpt``; the run finishes with
@@ -192,7 +209,7 @@ def test_a_preempted_then_timed_out_job_resumes_its_own_run_bit_identically(tmp_
     first, reference = sweep / "0", sweep / "1"
     first.mkdir(parents=True)
     (first / "pauses").write_text("0 2\n1 4\n")  # start 0 stops at epoch 2, start 1 at 4
-    run = Sweep(sweep, job_name, "+replica=0,1", "trainer.max_epochs=6", "test=false", *GATE)
+    run = sweeps(sweep, "+replica=0,1", "trainer.max_epochs=6", "test=false", *GATE)
 
     job = paused(first, "0 2", job_name)
     scontrol("requeue", job)  # preemption
@@ -245,7 +262,7 @@ def postgres() -> Iterator[str]:
 
 
 def test_a_study_of_slurm_jobs_on_postgresql_survives_a_cancelled_trial_and_a_killed_sweeper(
-        tmp_path, job_name, postgres):
+        tmp_path, job_name, sweeps, postgres):
     """``search=sct`` with 2 trials launched together as SLURM jobs, both reporting each epoch to
     the study on a PostgreSQL server (the storage docs/cluster.md recommends for many concurrent
     trials; the journal file's resumption is tested in tests/test_tune.py). Trial 0's job is
@@ -256,7 +273,7 @@ def test_a_study_of_slurm_jobs_on_postgresql_survives_a_cancelled_trial_and_a_ki
     (study / "trial_0").mkdir(parents=True)
     (study / "trial_0" / "pauses").write_text("0 1\n")
     args = [*STUDY, *GATE, f"hydra.sweeper.storage={postgres}"]
-    sweeper = Sweep(study, job_name, *args)
+    sweeper = sweeps(study, *args)
     job = paused(study / "trial_0", "0 1", job_name)
     wait_for(lambda: len(squeue(job_name)) == 2, 60, "both trials running at once")
     subprocess.run(["scancel", squeue(job_name)[job][1]], check=True, timeout=30)
@@ -265,7 +282,7 @@ def test_a_study_of_slurm_jobs_on_postgresql_survives_a_cancelled_trial_and_a_ki
     assert (study / "trial_1" / "metrics.json").exists()
     assert not (study / "trial_0" / "metrics.json").exists()
 
-    output = Sweep(study, job_name, *args).finish(300)
+    output = sweeps(study, *args).finish(300)
     launched = [line for line in output.splitlines() if "+trial.number=" in line]
     assert [("+trial.number=0 " in line, "ckpt_path=last" in line) for line in launched] == [
         (True, True)], launched  # trial 0 continued, trial 1 not run again
