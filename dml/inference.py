@@ -13,6 +13,7 @@ from PIL import Image
 from dml.checkpointing import first_non_finite, load_checkpoint_file
 from dml.errors import CheckpointError
 from dml.models import EmbeddingNet
+from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
@@ -34,7 +35,32 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
             f"{path}: tensor {name} has NaN or inf values (the run diverged or the file is "
             "corrupted): use an earlier checkpoint"
         )
-    return ckpt, OmegaConf.create(ckpt["dml_config"])
+    return ckpt, stored_config(path, ckpt["dml_config"])
+
+
+def stored_config(path: str | os.PathLike, stored: object) -> DictConfig:
+    """The config stored in the checkpoint at ``path``, resolved, once every ``_target_`` in it
+    (nested in dicts and lists, ``_partial_`` or not) is trusted (:mod:`dml.trusted_targets`):
+    nothing in it is instantiated before. Anything else is one :class:`CheckpointError`."""
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
+    except Exception as e:  # OmegaConf raises many kinds on foreign data
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{path}: its stored config does not resolve ({first}): pass a .ckpt written by "
+            "dml-train"
+        ) from None
+    found = untrusted_target(resolved)
+    if found is not None:
+        key, target = found
+        if "${" in target:
+            raise CheckpointError(f"{path}: its stored config holds an interpolation at {key} "
+                                  "that does not resolve to a value, so nothing was loaded")
+        raise CheckpointError(
+            f"{path}: its stored config names {key}={target!r}, not a dml or vetted library "
+            f"class, so nothing was loaded (your own code: add it to {USER_TRUSTED_VAR})"
+        )
+    return OmegaConf.create(resolved)
 
 
 def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:

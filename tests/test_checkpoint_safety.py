@@ -133,3 +133,86 @@ def test_first_non_finite_cases():
     both = [("a", torch.tensor([math.inf, -math.inf])), ("b", torch.tensor([math.nan]))]
     assert first_non_finite(both) == "a"  # inf + -inf: a NaN sum, still found
     assert first_non_finite([]) is None and first_non_finite([("x", [1.0])]) is None
+
+
+def stored_config_attacks(marker: Path, tmp_path: Path) -> dict[str, tuple[dict, str, str]]:
+    """Changes to a checkpoint's stored config, each of which would create ``marker`` if it were
+    instantiated: ``name -> (changes to merge into dml_config, key path, target)``."""
+    pickled = tmp_path / "payload.pt"
+    torch.save(Payload(marker), pickled)
+    source = tmp_path / "source.txt"
+    source.write_text("copied\n")
+    copy = {"_target_": "shutil.copyfile", "src": str(source), "dst": str(marker)}
+    return {
+        "torch.load": ({"data": {"eval_transform": {
+            "_target_": "torch.load", "f": str(pickled), "weights_only": False}}},
+            "data.eval_transform._target_", "torch.load"),
+        "shutil": ({"data": {"eval_transform": copy}},
+                   "data.eval_transform._target_", "shutil.copyfile"),
+        "exec": ({"model": {"_target_": "builtins.exec",
+                            "_args_": [f"open({str(marker)!r}, 'w').close()"]}},
+                 "model._target_", "builtins.exec"),
+        "os.system": ({"model": {"_target_": "os.system", "command": f"touch {marker}"}},
+                      "model._target_", "os.system"),
+        "nested in a list": ({"data": {"eval_transform": {
+            "_target_": "torchvision.transforms.Compose", "transforms": [copy]}}},
+            "data.eval_transform.transforms[0]._target_", "shutil.copyfile"),
+        "nested in a dict": ({"model": {"backbone": copy}}, "model.backbone._target_",
+                             "shutil.copyfile"),
+        "partial": ({"data": {"eval_transform": {**copy, "_partial_": True}}},
+                    "data.eval_transform._target_", "shutil.copyfile"),
+        "interpolation": ({"evil": "shutil.copyfile", "data": {"eval_transform": {
+            **copy, "_target_": "${evil}"}}}, "data.eval_transform._target_", "shutil.copyfile"),
+    }
+
+
+ATTACKS = ["torch.load", "shutil", "exec", "os.system", "nested in a list", "nested in a dict",
+           "partial", "interpolation"]
+
+
+def merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "_target_" not in value:
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_a_stored_config_naming_untrusted_code_runs_nothing(attack, checkpoint, tmp_path,
+                                                            capsys):
+    marker = tmp_path / "pwned"
+    changes, key, target = stored_config_attacks(marker, tmp_path)[attack]
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["dml_config"] = merged(ckpt["dml_config"], changes)
+    path = tmp_path / "attack.ckpt"
+    torch.save(ckpt, path)
+    message = f"{path}: its stored config names {key}={target!r}, not a dml or vetted library"
+    with pytest.raises(CheckpointError) as info:
+        dml.load_embedder(path, device="cpu")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert eval_error(capsys, path).startswith(f"error: {message}")
+    assert not marker.exists()
+
+
+def test_every_target_in_the_configs_is_trusted():
+    """A config added to conf/ that names a target outside the allow-list would make its runs'
+    checkpoints unloadable: it fails here first."""
+    import yaml
+
+    from dml.trusted_targets import is_trusted
+
+    def targets(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from [value] if key == "_target_" else targets(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from targets(value)
+
+    repo = Path(__file__).resolve().parents[1]
+    found = {target for path in (repo / "conf").rglob("*.yaml")
+             for target in targets(yaml.safe_load(path.read_text())) if target != "???"}
+    assert len(found) > 40 and {t for t in found if not is_trusted(t)} == set()

@@ -399,3 +399,16 @@ def test_each_search_space_of_a_comma_list_is_its_own_study(tmp_path):
         summary = json.loads((tmp_path / name / "study.json").read_text())
         assert summary["strategy"] == strategy and summary["trials"]["complete"] == 1
         assert (tmp_path / name / "trial_0" / "metrics.json").is_file()
+
+
+def test_a_stored_pruner_naming_untrusted_code_is_not_loaded(tmp_path):
+    from dml.tune.storage import PRUNER_ATTR, load_study
+
+    storage = f"{tmp_path / 'optuna.journal'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    marker = tmp_path / "pwned"
+    study.set_user_attr(PRUNER_ATTR, {"_target_": "shutil.copyfile", "src": storage,
+                                      "dst": str(marker)})
+    with pytest.raises(ConfigError, match=r"stores pruner._target_='shutil.copyfile', not a"):
+        load_study(storage, "s")
+    assert not marker.exists()

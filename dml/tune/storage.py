@@ -12,6 +12,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from dml.errors import ConfigError
+from dml.trusted_targets import untrusted_target
 
 PRUNER_ATTR = "pruner"  # the study's pruner config, stored with the study for its trials
 FIX = "delete it to start a new study, or point hydra.sweeper.storage at the study's own file"
@@ -66,6 +67,9 @@ def load_study(storage: str, study_name: str) -> optuna.Study:
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
         config = study.user_attrs.get(PRUNER_ATTR)
+        if config and (found := untrusted_target(config, "pruner")) is not None:
+            raise ConfigError(f"study {study_name!r} in {storage} stores {found[0]}="
+                              f"{found[1]!r}, not a vetted pruner class: it was not loaded")
         if config:
             study.pruner = instantiate(config)
         return study
