@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing
+import os
 import queue
 import re
 import zipfile
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 
 from dml.cli.data import main as dml_data
 from dml.data import DMLDataModule, Record, carve_validation
+from dml.data import archive as archive_module
 from dml.data.archive import extract_once
 from dml.data.folder import CSVImages
 from dml.data.omniglot import Omniglot
@@ -303,16 +305,88 @@ def test_interrupted_extraction_leaves_nothing_that_looks_complete(tmp_path: Pat
     archive = make_zip(tmp_path / "a.zip", 5)
     cache = tmp_path / "cache"
 
-    def interrupted(self: zipfile.ZipFile, path: Path) -> None:
-        self.extract(self.namelist()[0], path)
+    copy_member = archive_module.copy_member
+
+    def interrupted(archive, z, info, target, allowed) -> None:
+        copy_member(archive, z, info, target, allowed)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(zipfile.ZipFile, "extractall", interrupted)
+        m.setattr(archive_module, "copy_member", interrupted)
         with pytest.raises(KeyboardInterrupt):
             extract_once(archive, cache / "a")
     assert [p.name for p in cache.rglob("*")] == [".a.lock"]
     assert len(list(extract_once(archive, cache / "a").rglob("*.txt"))) == 5
+
+
+def zip_bomb(path: Path, member: str, mib: int = 64) -> Path:
+    """A zip holding ``mib`` MiB of zeros, deflated (~1000:1: 64 KiB on disk for 64 MiB)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z, z.open(member, "w") as f:
+        for _ in range(mib):
+            f.write(bytes(1 << 20))
+    return path
+
+
+def with_central_field(archive: Path, offset: int, value: int) -> Path:
+    """``archive`` (one member) with the 4-byte field at ``offset`` of its central directory
+    entry set to ``value``: 20 the compressed size, 24 the uncompressed size."""
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"PK\x01\x02") + offset
+    data[at : at + 4] = value.to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+def test_a_zip_bomb_is_refused_from_its_central_directory_in_one_line(omniglot_root, capsys):
+    archive = zip_bomb(omniglot_root / "images_background.zip", "images_background/zeros.bin")
+    assert archive.stat().st_size < 200_000
+    err = cli_error(["data=omniglot"], capsys)
+    assert re.fullmatch(
+        rf"error: refusing to unpack {archive}: member images_background/zeros.bin unpacks to "
+        r"67,108,864 bytes from [\d,]+ \(more than dml.data.archive.MAX_RATIO=100 times; a zip "
+        r"bomb\?\)", err), err
+    assert [p for p in (omniglot_root.parent.parent / "cache").rglob("*") if p.is_file()] == [
+        omniglot_root.parent.parent / "cache" / "omniglot" / ".images_background.lock"]
+
+
+def test_a_header_that_lies_about_sizes_buys_no_more_bytes(tmp_path: Path):
+    # the central directory claims 64 MiB compressed (ratio 1): the next member's offset (here
+    # the end of the file) bounds the real compressed size
+    archive = with_central_field(zip_bomb(tmp_path / "a.zip", "zeros.bin"), 20, 64 << 20)
+    with zipfile.ZipFile(archive) as z:
+        assert z.infolist()[0].compress_size == z.infolist()[0].file_size == 64 << 20
+    with pytest.raises(DatasetError, match=rf"^refusing to unpack {archive}: member zeros.bin "
+                       r"unpacks to 67,108,864 bytes from \d{2},\d{3} \(more than"):
+        extract_once(archive, tmp_path / "cache" / "a")
+    # it claims 1 KiB unpacked: no more than that is written, and the CRC check fails
+    archive = with_central_field(zip_bomb(tmp_path / "b.zip", "zeros.bin"), 24, 1024)
+    with pytest.raises(DatasetError, match=rf"^cannot unpack {archive}: Bad CRC-32"):
+        extract_once(archive, tmp_path / "cache" / "b")
+    assert [p.name for p in (tmp_path / "cache").rglob("*")] == [".a.lock", ".b.lock"]
+
+
+def test_unpacking_stops_at_the_bound_while_writing(tmp_path: Path, monkeypatch):
+    """The bound holds on the bytes written, not only on what the headers declare."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # stored, ratio 1: within the real bounds
+        z.writestr("noise.bin", os.urandom(3 << 20))
+    real = archive_module.member_bounds
+    monkeypatch.setattr(archive_module, "member_bounds",
+                        lambda a, z: dict.fromkeys(real(a, z), 1 << 20))
+    with pytest.raises(DatasetError, match=rf"^refusing to unpack {archive}: member noise.bin "
+                       r"unpacks to more than the 1,048,576 bytes its header and size allow"):
+        extract_once(archive, tmp_path / "cache" / "a")
+    assert [p.name for p in (tmp_path / "cache").rglob("*")] == [".a.lock"]
+
+
+def test_the_real_omniglot_archives_are_within_the_bounds():
+    real = Path(os.environ.get("DML_DATA_DIR", "/nonexistent")) / "omniglot"
+    archives = sorted(real.glob("images_*.zip"))
+    if not archives:
+        pytest.skip("no real Omniglot archives in $DML_DATA_DIR/omniglot")
+    for archive in archives:
+        with zipfile.ZipFile(archive) as z:
+            assert sum(archive_module.member_bounds(archive, z).values()) < 10 << 20
 
 
 def extract_and_list(archive: Path, dest: Path, barrier, results) -> None:

@@ -475,3 +475,33 @@ def test_images_of_two_shapes_are_one_line_naming_the_first_odd_one():
                                           r"data.cache=false$") as error:
         decode_all(source, records, train_params())
     assert "\n" not in str(error.value)
+
+
+def test_an_archive_changed_with_its_size_and_time_kept_refreshes_both_layers(
+    omniglot_root: Path,
+):
+    """Two members' bytes swapped, size and modification time kept: the unpacked copy and the
+    tensor cache share one fingerprint (:func:`dml.data.archive.archive_fingerprint`), so both
+    are refreshed, never a new cache of the old images."""
+    source = Omniglot(omniglot_root)
+    records = source.splits()["test"]
+    before = cached_images(source, "test", records, eval_params())
+    archive = omniglot_root / "images_evaluation.zip"
+    st = archive.stat()
+    with zipfile.ZipFile(archive) as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    first, last = 0, len(members) - 1  # two images of different classes
+    contents = [c for _, c in members]
+    contents[first], contents[last] = contents[last], contents[first]
+    with zipfile.ZipFile(archive, "w") as z:
+        for (name, _), content in zip(members, contents, strict=True):
+            z.writestr(name, content)
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert archive.stat().st_size == st.st_size and contents[first] != contents[last]
+    source = Omniglot(omniglot_root)
+    records = source.splits()["test"]
+    after = cached_images(source, "test", records, eval_params())
+    a, b = (next(i for i, r in enumerate(records) if r.item.endswith(members[k][0]))
+            for k in (first, last))
+    assert torch.equal(after[a], before[b]) and torch.equal(after[b], before[a])
+    assert torch.equal(after, decode_all(Omniglot(omniglot_root), records, eval_params()))

@@ -17,6 +17,10 @@ import dml.slurm  # noqa: F401  (the ${dml.slurm_gpus:...} resolver of hydra/lau
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+# The run directory ``resume=`` read overrides from (set by :func:`main`), else None.
+_resumed_from: Path | None = None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from dml.cli.errors import exit_on_user_error
@@ -25,7 +29,31 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("trial"):  # a study's trial: its sweeper reads the outcome, errors included
         return train(cfg)
     with exit_on_user_error():
+        if _resumed_from is not None:
+            check_resumed_targets(cfg, _resumed_from)
         return train(cfg)
+
+
+def check_resumed_targets(cfg: DictConfig, run_dir: Path) -> None:
+    """A config composed from another run directory's overrides names only trusted targets
+    (:mod:`dml.trusted_targets`): checked before anything is instantiated."""
+    from omegaconf import OmegaConf
+
+    from dml.errors import RunDirError
+    from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
+
+    try:
+        found = untrusted_target(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as e:  # an interpolation its overrides made that does not resolve
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunDirError(f"cannot resume {run_dir}: its config does not resolve "
+                          f"({first})") from None
+    if found is not None:
+        raise RunDirError(
+            f"cannot resume {run_dir}: with its .hydra/overrides.yaml the config names "
+            f"{found[0]}={found[1]!r}, not a dml or vetted library class (your own code: add it "
+            f"to {USER_TRUSTED_VAR})"
+        )
 
 
 def override_key(override: str) -> str:
@@ -40,14 +68,40 @@ def resume_argv(argv: list[str]) -> list[str]:
     if len(rest) == len(argv):
         return argv
     run_dir = Path(next(a for a in argv if a.startswith("resume="))[len("resume=") :])
+    given = {override_key(o) for o in rest} | {"ckpt_path"}
+    saved = [o for o in saved_overrides(run_dir) if override_key(o) not in given]
+    return [*user_config_dirs(run_dir), *saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides ``run_dir``'s run was started with (its ``.hydra/overrides.yaml``), which
+    ``dml-train`` wrote: a list of strings, no ``hydra.*`` setting (Hydra keeps those apart, and
+    they could make Hydra itself instantiate anything), and no ``trial.*`` (a tuner's trial
+    belongs to its study: rerun the study). Anything else is a :class:`RunDirError`."""
+    from dml.errors import RunDirError
+
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        sys.exit(f"dml-train: cannot resume: {overrides_file} not found (is {run_dir} a run dir?)")
-    given = {override_key(o) for o in rest} | {"ckpt_path"}
-    saved = [
-        o for o in yaml.safe_load(overrides_file.read_text()) or [] if override_key(o) not in given
-    ]
-    return [*user_config_dirs(run_dir), *saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+        raise RunDirError(f"cannot resume {run_dir}: {overrides_file} not found (is it a "
+                          "dml-train run directory?)")
+    try:
+        saved = yaml.safe_load(overrides_file.read_text()) or []
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise RunDirError(f"cannot resume {run_dir}: {overrides_file} cannot be read "
+                          f"({type(e).__name__})") from None
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise RunDirError(f"cannot resume {run_dir}: {overrides_file} is not a list of overrides")
+    for override in saved:
+        root = override_key(override).replace("/", ".").split(".")[0]
+        if root == "hydra":
+            raise RunDirError(f"cannot resume {run_dir}: {overrides_file} sets {override!r}; "
+                              "a dml-train run records no hydra.* override")
+        if root == "trial":
+            raise RunDirError(
+                f"cannot resume {run_dir}: it is a trial of the study in {run_dir.parent} and "
+                "belongs to it; rerun the study's command to continue its trials"
+            )
+    return saved
 
 
 def user_config_dirs(run_dir: Path) -> list[str]:
@@ -65,7 +119,14 @@ def user_config_dirs(run_dir: Path) -> list[str]:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
+    from dml.cli.errors import exit_on_user_error
+
+    global _resumed_from
+    with exit_on_user_error():
+        argv = resume_argv(sys.argv[1:])
+    if argv != sys.argv[1:]:
+        _resumed_from = Path(next(a for a in sys.argv if a.startswith("resume="))[len("resume="):])
+    sys.argv = [sys.argv[0], *argv]
     _hydra_main()
 
 

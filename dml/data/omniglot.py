@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dml.data.archive import download, extract_once, md5sum
+from dml.data.archive import archive_fingerprint, download, extract_once
 from dml.data.image_io import load_image
 from dml.data.records import Record
 from dml.data.source import DatasetSource, cache_dir, data_root
@@ -118,8 +118,7 @@ class Omniglot(DatasetSource):
         for stem in SPLITS.values():
             path = self.root / f"{stem}.zip"
             if path.is_file():
-                st = path.stat()
-                archives.append([str(path), st.st_size, st.st_mtime_ns, md5sum(path)])
+                archives.append(archive_fingerprint(path))
         return [archives, super().fingerprint(records)]
 
     def load(self, item: str | tuple[str, int]) -> Image.Image:
