@@ -80,6 +80,16 @@ def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int)
         )
 
 
+def check_wrappers(module: DMLModule, batch: int) -> None:
+    """The loss's wrappers fit the run (a cross-batch memory holds a batch of the model's
+    embeddings), checked before the run writes anything rather than at its first step."""
+    from dml.losses.memory import CrossBatchMemory
+
+    for wrapper in module.loss.modules():
+        if isinstance(wrapper, CrossBatchMemory):
+            wrapper.check_fits(batch, module.net.embedding_dim)
+
+
 def trial_reporter(cfg: DictConfig) -> L.Callback | None:
     """A study's trial (``trial.*``, set by ``hydra/sweeper=optuna``) reports its objective every
     epoch and stops when its pruner says so; with ``data.val_folds`` each fold has its own steps."""
@@ -173,6 +183,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg)
     check_batches_form_tuples(module.loss, datamodule.batch_p, datamodule.batch_k)
+    check_wrappers(module, datamodule.batch_p * datamodule.batch_k)
     ckpt_path = resume_checkpoint(cfg, run_dir, module)
     if primary:
         write_records(run_dir, cfg)

@@ -5,6 +5,7 @@ classes present only in the memory, duplicates and identical embeddings."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -441,3 +442,19 @@ def test_impossible_wrapper_configs_are_one_line_errors(tmp_path, overrides, mes
     with pytest.raises(ConfigError, match=message) as error:
         build_module(tiny_config(tmp_path, *overrides))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("memory.size=3", "memory.size=3 is smaller than the batch (8 embeddings"),
+    ("memory.embedding_dim=7", "memory.embedding_dim=7 differs from the model's embedding size 16"),
+])
+def test_a_memory_that_does_not_fit_is_refused_before_the_run_writes_anything(
+    tmp_path, override, message
+):
+    from dml.errors import ConfigError
+    from dml.training import train
+    from tests.training_utils import tiny_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(tiny_config(tmp_path, "loss=triplet_batchhard", "memory=xbm", override))
+    assert [p.name for p in tmp_path.iterdir()] == [".dml.lock"]  # a retry may use it

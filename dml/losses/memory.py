@@ -75,13 +75,25 @@ class CrossBatchMemory(DMLLoss):
         return References(self.memory_embeddings[:count].clone(),
                           self.memory_labels[:count].clone())
 
+    def check_fits(self, batch: int, embedding_dim: int) -> None:
+        """A :class:`ConfigError` unless the memory holds a batch of ``batch`` embeddings of
+        size ``embedding_dim`` (training checks this before it writes anything; each step checks
+        the batch again, which under cross-rank mining is all ranks' batches together)."""
+        if batch > self.size:
+            raise ConfigError(
+                f"memory.size={self.size} is smaller than the batch ({batch} embeddings, "
+                f"all ranks together under cross-rank mining): set memory.size >= {batch}"
+            )
+        if embedding_dim != self.memory_embeddings.shape[1]:
+            raise ConfigError(
+                f"memory.embedding_dim={self.memory_embeddings.shape[1]} differs from the "
+                f"model's embedding size {embedding_dim}: leave memory.embedding_dim at its "
+                "default ${model.embedding_dim}"
+            )
+
     def compute(self, embeddings: Tensor, labels: Tensor, out: LossResult,
                 indices: tuple[Tensor, ...] | None = None) -> Tensor:
-        if labels.numel() > self.size:
-            raise ConfigError(
-                f"memory.size={self.size} is smaller than the batch ({labels.numel()} embeddings, "
-                f"all ranks together under cross-rank mining): set memory.size >= {labels.numel()}"
-            )
+        self.check_fits(labels.numel(), embeddings.shape[1])
         batch = self.loss.result(embeddings, labels, indices)
         active = self.training and self._warm()
         count = int(self.memory_count)  # before this step's enqueue
