@@ -30,3 +30,8 @@ class RunDirError(UserError, RuntimeError):
 class DivergenceError(UserError, FloatingPointError):
     """Training diverged: the loss, an embedding, a parameter or a buffer became NaN or infinite.
     Raised before the non-finite state can reach a checkpoint."""
+
+
+class RunInterrupted(UserError, RuntimeError):
+    """A run was stopped from outside (SIGTERM: a scheduler's time limit, ``scancel``, ``kill``)
+    before it finished; its directory holds an ``interrupted`` marker and it can be resumed."""

@@ -89,6 +89,23 @@ def claim(run_dir: Path, resume: bool) -> Iterator[None]:
         yield
 
 
+INTERRUPTED = "interrupted"
+
+
+def mark_interrupted(run_dir: Path, reason: str | None) -> None:
+    """Leave ``reason`` in the run's ``interrupted`` marker (None: remove it, the run finished)."""
+    if reason is None:
+        (run_dir / INTERRUPTED).unlink(missing_ok=True)
+    else:
+        write_text_atomic(run_dir / INTERRUPTED, reason + "\n")
+
+
+def interruption(run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` was interrupted (its ``interrupted`` marker), else None."""
+    marker = run_dir / INTERRUPTED
+    return marker.read_text().strip() or "interrupted" if marker.is_file() else None
+
+
 def write_records(run_dir: Path, cfg: DictConfig) -> None:
     """``config.yaml`` (resolved) and, under Hydra, ``.hydra/{config,hydra,overrides}.yaml``:
     Hydra's own record, written here (``hydra.output_subdir: null``) so that only the owner of

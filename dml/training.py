@@ -7,23 +7,24 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dml.allocator import keep_freed_memory
 from dml.callbacks.wall_clock import WallClock
 from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
-from dml.errors import CheckpointError, ConfigError, RunDirError
+from dml.errors import CheckpointError, ConfigError, RunDirError, RunInterrupted
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.pml import PMLLoss
 from dml.models import DMLModule
-from dml.run_dir import claim, is_launch_rank_zero, write_records
+from dml.run_dir import claim, is_launch_rank_zero, mark_interrupted, write_records
 from dml.slurm import cluster_plugins, requeued
 
 
@@ -121,21 +122,95 @@ def resumes(cfg: DictConfig, run_dir: Path) -> bool:
     return ckpt_path == "last" or Path(ckpt_path).resolve().parent == own
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path, module: DMLModule) -> str | None:
-    """The checkpoint to start from (``ckpt_path``; ``last``: the run's own ``last.ckpt``),
-    checked before anything is written: it loads safely, its weights fit ``module``, and it has
-    epochs left to train. A run killed before its first checkpoint restarts from the beginning."""
+#: The config groups that define a run's experiment: a resumed run may change them only with
+#: ``resume_changes=true`` (and the change is recorded in its ``changes.json``).
+EXPERIMENT_KEYS = ("loss", "memory", "synthesis", "model", "data")
+#: Settings inside them that change how the run computes, not what it trains.
+HOW_KEYS = frozenset({
+    "model.pretrained", "model.pretrained_file", "model.channels_last", "model.compile",
+    "data.num_workers", "data.eval_batch_size", "data.cache", "data.source.root",
+    "data.source.download",
+})
+CHANGES_FILE = "changes.json"
+
+
+def changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted keys whose values differ between the resolved configs ``old`` and ``new``,
+    within :data:`EXPERIMENT_KEYS` and outside :data:`HOW_KEYS`."""
+    if path in HOW_KEYS:
+        return []
+    if not path or (isinstance(old, dict) and isinstance(new, dict)):
+        old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+        keys = EXPERIMENT_KEYS if not path else sorted(old.keys() | new.keys())
+        return [k for key in keys for k in changed_keys(old.get(key), new.get(key),
+                                                         f"{path}.{key}".lstrip("."))]
+    return [] if old == new else [path]
+
+
+def _value(config: dict, key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def experiment_changes(cfg: DictConfig, stored: dict, module: DMLModule, path: Path,
+                       done: int) -> dict[str, Any] | None:
+    """The record of what resuming from ``path`` changes in the experiment (``{"epoch": done,
+    "changes": {key: [old, new]}}``), None if nothing; a :class:`RunDirError` unless
+    ``resume_changes=true``."""
+    keys = changed_keys(stored, module.config)
+    if not keys:
+        return None
+    changes = {k: [_value(stored, k), _value(module.config, k)] for k in keys}
+    if not cfg.get("resume_changes"):
+        old, new = changes[keys[0]]
+        more = f" and {len(keys) - 1} more setting(s)" if len(keys) > 1 else ""
+        raise RunDirError(
+            f"resuming {path} would change {keys[0]} from {old!r} to {new!r}{more}, mixing two "
+            "experiments in one run: resume with the run's own settings, or pass "
+            "resume_changes=true to train on with the change (recorded in changes.json)"
+        )
+    return {"epoch": done, "changes": changes}
+
+
+def record_changes(run_dir: Path, change: dict[str, Any] | None) -> None:
+    """Append ``change`` (:func:`experiment_changes`) to the run's ``changes.json``."""
+    if change is None:
+        return
+    path = run_dir / CHANGES_FILE
+    history = json.loads(path.read_text()) if path.is_file() else []
+    write_text_atomic(path, json.dumps([*history, change], indent=2) + "\n")
+
+
+def resume_checkpoint(
+    cfg: DictConfig, run_dir: Path, module: DMLModule
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint to start from (``ckpt_path``; ``last``: the run's own ``last.ckpt``) and,
+    when it continues this run, what the new config changes in its experiment
+    (:func:`experiment_changes`); checked before anything is written: it loads safely, its
+    weights fit ``module``, it has epochs left to train, and the experiment is the same (or
+    ``resume_changes=true``). A run killed before its first checkpoint restarts from the
+    beginning; one that trained but lost its ``last.ckpt`` is refused."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
-        return None
+        return None, None
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if ckpt_path == "last" and not path.exists():
+        trained = [p.relative_to(run_dir) for p in (run_dir / "metrics.json",
+                                                     *sorted(run_dir.glob("checkpoints/*.ckpt")))
+                   if p.is_file()]
+        if trained:
+            raise RunDirError(
+                f"cannot resume {run_dir}: {path} is missing but the run has trained "
+                f"({', '.join(map(str, trained))} exist): restore last.ckpt, or train into a new "
+                "directory (hydra.run.dir=...)"
+            )
         warnings.warn(
             f"{path} not found: the run stopped before its first epoch ended; training it from "
             "the start",
             stacklevel=2,
         )
-        return None
+        return None, None
     ckpt = load_checkpoint_file(path)
     try:
         module.load_state_dict(ckpt["state_dict"])
@@ -154,7 +229,22 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path, module: DMLModule) -> str 
             f"{path} has trained {done} epochs and trainer.max_epochs={max_epochs}: nothing to "
             f"resume (pass trainer.max_epochs > {done} to train it longer)"
         )
-    return str(path)
+    if not resumes(cfg, run_dir):
+        return str(path), None
+    return str(path), experiment_changes(cfg, ckpt.get("dml_config") or {}, module, path, done)
+
+
+def stop_interrupted(run_dir: Path, epoch: int, primary: bool) -> NoReturn:
+    """The run received SIGTERM (a scheduler's time limit, ``scancel``, ``kill``): Lightning
+    stopped it at the next step with ``SIGTERMException``, a ``SystemExit`` whose exit code 0
+    a scheduler would record as success. Leave the ``interrupted`` marker (``dml-report`` lists
+    the run as interrupted; resuming and finishing it removes the marker) and raise a one-line
+    :class:`RunInterrupted` (exit code 2). One place, so that a requeue can build on it."""
+    reason = f"SIGTERM at epoch {epoch}"
+    if primary:
+        mark_interrupted(run_dir, reason)
+    raise RunInterrupted(f"{run_dir} was interrupted ({reason}): resume it with "
+                         f"`dml-train resume={run_dir}`")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -184,9 +274,10 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     module = build_module(cfg)
     check_batches_form_tuples(module.loss, datamodule.batch_p, datamodule.batch_k)
     check_wrappers(module, datamodule.batch_p * datamodule.batch_k)
-    ckpt_path = resume_checkpoint(cfg, run_dir, module)
+    ckpt_path, change = resume_checkpoint(cfg, run_dir, module)
     if primary:
         write_records(run_dir, cfg)
+        record_changes(run_dir, change)
 
     callbacks = {k: instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if c}
     has_val = "val" in datamodule.datasets
@@ -224,10 +315,13 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
         result["wall_time_s"] = round(clock.elapsed(), 1)
         if trainer.is_global_zero:
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+            mark_interrupted(run_dir, None)
             print(
                 f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.json'}\n"
                 f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"
             )
         return result
+    except SIGTERMException:
+        stop_interrupted(run_dir, trainer.current_epoch, primary)
     finally:
         finish_runs(loggers)

@@ -1,13 +1,23 @@
-"""``dml-train resume=<dir>`` trusts a run directory only for what dml-train itself wrote there:
-overrides that name code outside the allow-list, set ``hydra.*``, or make the run a study's trial
-are refused in one line before anything runs or is written."""
+"""Resuming a run never runs foreign code, never mixes experiments or loses a record, and an
+interrupted run says so. ``dml-train resume=<dir>`` trusts a run directory only for what
+dml-train itself wrote there: overrides that name code outside the allow-list, set ``hydra.*``,
+or make the run a study's trial are refused in one line before anything runs or is written."""
 
+import json
+import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 
+from dml.errors import RunDirError
+from dml.training import train
+
+from .test_report import fake_run
 from .test_training_promises import TINY_CLI, last_line, run_cli, run_records
+from .training_utils import tiny_config
 
 
 def planted_run(run_dir: Path, *overrides: str) -> Path:
@@ -51,3 +61,61 @@ def test_resume_of_a_tuner_trial_is_refused_before_anything_is_written(tmp_path)
                                f"{study} and belongs to it; rerun the study's command to "
                                "continue its trials")
     assert run_records(run_dir) == records
+
+
+def test_resume_with_another_loss_is_refused_unless_forced_and_then_recorded(tmp_path):
+    train(tiny_config(tmp_path, "trainer.max_epochs=1", "test=false"))
+    records = run_records(tmp_path)
+    resume = ("ckpt_path=last", "trainer.max_epochs=2", "test=false", "loss=contrastive")
+    with pytest.raises(RunDirError, match=(
+            rf"^resuming {tmp_path}/checkpoints/last.ckpt would change loss._target_ from "
+            r"'dml.losses.MultiSimilarityLoss' to 'dml.losses.ContrastiveLoss' and \d+ more "
+            r"setting\(s\), mixing two experiments in one run: .* pass resume_changes=true")):
+        train(tiny_config(tmp_path, *resume))
+    assert run_records(tmp_path) == records
+    train(tiny_config(tmp_path, *resume, "resume_changes=true"))
+    [change] = json.loads((tmp_path / "changes.json").read_text())
+    assert change["epoch"] == 1 and change["changes"]["loss._target_"] == [
+        "dml.losses.MultiSimilarityLoss", "dml.losses.ContrastiveLoss"]
+
+
+def test_a_run_that_trained_but_lost_last_ckpt_is_refused_naming_what_is_missing(tmp_path):
+    train(tiny_config(tmp_path, "trainer.max_epochs=1", "test=false"))
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    records = run_records(tmp_path)
+    with pytest.raises(RunDirError) as info:
+        train(tiny_config(tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "test=false"))
+    assert str(info.value) == (
+        f"cannot resume {tmp_path}: {tmp_path}/checkpoints/last.ckpt is missing but the run has "
+        "trained (metrics.json, checkpoints/best.ckpt exist): restore last.ckpt, or train into "
+        "a new directory (hydra.run.dir=...)")
+    assert run_records(tmp_path) == records
+
+
+class SendSigterm(L.Callback):
+    """Sends this process SIGTERM (as a scheduler's time limit does) at the start of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_exits_non_zero_and_leaves_a_marker_that_dml_report_shows(tmp_path, capsys):
+    from dml.cli.report import main as dml_report
+
+    run_dir = tmp_path / "sweep" / "1"
+    proc = run_cli(*TINY_CLI, "+callbacks.term._target_=tests.test_resume_safety.SendSigterm",
+                   "+callbacks.term.epoch=1", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last_line(proc) == (f"error: {run_dir} was interrupted (SIGTERM at epoch 1): resume "
+                               f"it with `dml-train resume={run_dir}`")
+    assert (run_dir / "interrupted").read_text() == "SIGTERM at epoch 1\n"
+    assert not (run_dir / "metrics.json").exists()
+    fake_run(tmp_path / "sweep" / "0", "sct", "cub200", 0, {"recall@1": 0.5})
+    dml_report([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")])
+    assert "`1` (interrupted: SIGTERM at epoch 1)" in capsys.readouterr().out
+    train(tiny_config(run_dir, "trainer.max_epochs=2", "test=false", "ckpt_path=last"))
+    assert not (run_dir / "interrupted").exists()  # resumed and finished

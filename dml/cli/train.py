@@ -68,7 +68,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     if len(rest) == len(argv):
         return argv
     run_dir = Path(next(a for a in argv if a.startswith("resume="))[len("resume=") :])
-    given = {override_key(o) for o in rest} | {"ckpt_path"}
+    given = {override_key(o) for o in rest} | {"ckpt_path", "resume_changes"}  # never inherited
     saved = [o for o in saved_overrides(run_dir) if override_key(o) not in given]
     return [*user_config_dirs(run_dir), *saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 

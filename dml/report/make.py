@@ -36,6 +36,7 @@ from dml.report.table import (
     write_comparisons_csv,
     write_runs_csv,
 )
+from dml.run_dir import interruption
 
 
 class ReportError(RuntimeError):
@@ -199,6 +200,7 @@ def _header(
     lines.append(timing)
     if incomplete:
         jobs = ", ".join(f"`{p.relative_to(dirs[0]) if len(dirs) == 1 else p}`"
+                         + (f" (interrupted: {why})" if (why := interruption(p)) else "")
                          for p in incomplete)
         lines.append(f"- **incomplete jobs (no {split} metrics): {len(incomplete)}**: {jobs}")
     if paper:
