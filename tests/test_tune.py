@@ -412,3 +412,24 @@ def test_a_stored_pruner_naming_untrusted_code_is_not_loaded(tmp_path):
     with pytest.raises(ConfigError, match=r"stores pruner._target_='shutil.copyfile', not a"):
         load_study(storage, "s")
     assert not marker.exists()
+
+
+def test_failed_trials_do_not_count_and_a_truncated_journal_is_repaired(tmp_path):
+    failed = run_sweep(tmp_path, "hydra.sweeper.n_trials=1", "data.val_folds=100")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    # the corrected rerun runs the trial the failed one would have been
+    rerun = run_sweep(tmp_path, "hydra.sweeper.n_trials=1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["trials"] == {"complete": 1, "pruned": 0, "failed": 1, "diverged": 0}
+    assert summary["best"]["number"] == 1
+    # a journal cut inside its last record (a killed write): repaired, never appended onto
+    journal = tmp_path / "optuna.journal"
+    os.truncate(journal, journal.stat().st_size - 40)
+    again = run_sweep(tmp_path, "hydra.sweeper.n_trials=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"study storage {journal}: its last line was an incomplete record" in again.stderr
+    assert all(json.loads(line) for line in journal.read_text().splitlines())
+    assert [t.state for t in stored_trials(tmp_path)] == [optuna.trial.TrialState.FAIL,
+                                                          optuna.trial.TrialState.COMPLETE]
+    assert json.loads((tmp_path / "study.json").read_text())["best"] == summary["best"]

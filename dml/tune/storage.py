@@ -5,11 +5,12 @@ several processes (parallel sweeps, SLURM jobs) can share one study."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from dml.errors import ConfigError
 from dml.trusted_targets import untrusted_target
@@ -39,12 +40,35 @@ def check_journal(path: Path) -> None:
                               f"journal record): {FIX}")
 
 
+def repair_journal(path: Path) -> None:
+    """Cut off a last line without newline, with a warning: Optuna appends whole lines under its
+    lock, so under that lock such a line is a write that was interrupted (a killed process, a
+    full disk, a truncated copy). Left there, the next record would be appended onto it and
+    make the journal unreadable."""
+    if not path.is_file() or path.read_bytes().endswith(b"\n") or not path.stat().st_size:
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep == len(data):
+            return  # completed by another process meanwhile
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    finally:
+        lock.release()
+    warnings.warn(f"study storage {path}: its last line was an incomplete record (a write was "
+                  f"interrupted); removed its {len(data) - keep} bytes", stacklevel=2)
+
+
 def open_storage(storage: str) -> BaseStorage:
     """``storage``: a journal file path, or an RDB URL (``sqlite:///study.db``, ``postgresql://``).
     A damaged file is a one-line :class:`ConfigError` naming it."""
     if "://" not in storage:
         path = Path(storage)
         check_journal(path)
+        repair_journal(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if storage.startswith("sqlite:///"):

@@ -213,7 +213,7 @@ class Study:
     def _trials_to_run(self, running: list[_Trial]) -> list[_Trial]:
         """Up to ``n_jobs`` trials: those this sweeper is running (between folds), the
         interrupted ones, then new ones while the study has room (``n_trials`` minus the
-        finished trials and those running anywhere)."""
+        complete and pruned trials and those running anywhere; failed ones do not count)."""
         study, s = self.study, self.settings
         trials = study.get_trials(deepcopy=False)
         mine = {t.number for t in running}
@@ -225,7 +225,10 @@ class Study:
         for t in interrupted[: s.n_jobs - len(running)]:
             self._set_attr(t.number, "sweeper", sweeper_id())
             running.append(_Trial(t.number, t.params))
-        finished = sum(t.state.is_finished() for t in trials)  # complete, pruned or failed
+        # failed trials (a config or data error, told in one line) do not count: a corrected
+        # rerun of the command runs the trials they would have been
+        finished = sum(t.state in (optuna.trial.TrialState.COMPLETE,
+                                   optuna.trial.TrialState.PRUNED) for t in trials)
         room = s.n_trials - finished - len(elsewhere) - len(mine)
         for _ in range(min(s.n_jobs - len(running), max(room, 0))):
             trial = study.ask(self.space)
@@ -242,7 +245,9 @@ class Study:
         config or data error, or a bug, that would fail every trial) stops the study once every
         trial of the round is told."""
         study = self.study
-        if self.settings.enqueue_defaults and not study.get_trials(deepcopy=False):
+        tried = [t for t in study.get_trials(deepcopy=False)
+                 if t.state != optuna.trial.TrialState.FAIL]
+        if self.settings.enqueue_defaults and not tried:
             study.enqueue_trial(self.defaults())
         running: list[_Trial] = []
         while running := self._trials_to_run(running):
