@@ -272,6 +272,14 @@ def test_dml_data_reports_missing_csv_images_in_one_line(tmp_path: Path, capsys)
     assert err.startswith(f"error: 10 image(s) listed in {csv} not found: {tmp_path}/img/c0_0.png")
 
 
+def test_dml_data_names_listed_files_that_are_not_images(tmp_path: Path, capsys):
+    csv = write_csv(tmp_path, class_rows("train", range(10)) + class_rows("test", range(10, 12)))
+    (tmp_path / "img" / "c1_0.png").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    err = cli_error(["data=csv", f"data.source.csv_path={csv}"], capsys)
+    assert err == (f"error: 1 listed file(s) cannot be read as images: {tmp_path}/img/c1_0.png "
+                   "(UnidentifiedImageError) (replace or remove them)")
+
+
 # ---- archives ------------------------------------------------------------------------------
 def make_zip(path: Path, n_files: int) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:

@@ -1,5 +1,6 @@
-"""``dml-data data=<name> [data.root=PATH] [overrides...]``: validate a dataset on disk and print
-a JSON summary (classes and images of every split) before a long cluster job.
+"""``dml-data data=<name> [data.root=PATH] [overrides...]``: validate a dataset on disk (every
+listed file must have an image header) and print a JSON summary (classes and images of every
+split) before a long cluster job.
 
 Composes the same Hydra configs as ``dml-train`` (so ``experiment=...`` and any ``data.*``
 override apply) and lists the splits exactly as training will see them, including the validation
@@ -31,12 +32,14 @@ def dataset_summary(overrides: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from dml.data.image_io import check_headers
     from dml.data.records import summarize
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=expand_aliases(overrides))
     datamodule = instantiate(cfg.data)
     splits = datamodule.split_records()
+    check_headers(r for records in splits.values() for r in records)
     counts = summarize(splits)
     return {
         "source": f"{type(datamodule.source).__module__}.{type(datamodule.source).__name__}",
