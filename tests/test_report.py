@@ -289,3 +289,13 @@ def test_report_shows_training_dynamics_per_strategy(tmp_path):
     assert "| sct | 70.0 | 1 | 70.0 | 0.05 | 75.0 | 0.50 | 0.25 |" in section
     assert "contrastive" not in section
     assert "Training dynamics" not in make_report(tmp_path, split="val").markdown.read_text()
+
+
+def test_dynamics_show_the_validation_curve_of_epochs_too_short_to_log_a_step(tmp_path):
+    """Fewer steps per epoch than ``log_every_n_steps``: no train row, only validation rows."""
+    job = fake_run(tmp_path / "0", "sct", "omniglot", 0, {"recall@1": 0.5})  # epochs: 1
+    write_csv_log(job, 0, [{"epoch": 0, "step": 3, "val/recall@1": 0.6},
+                           {"epoch": 1, "step": 3, "val/recall@1": 0.6}])  # the re-evaluation
+    assert read_dynamics(job).val_recall_at_1 == {0: 0.6}
+    section = make_report(tmp_path).markdown.read_text().split("## Training dynamics")[1]
+    assert "| sct | 60.0 | 0 | 60.0 |" in section

@@ -12,6 +12,7 @@ of a loss with a wrapper, the share of its tuples taken from the cross-batch mem
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -60,6 +61,14 @@ def _version(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _trained_epochs(run_dir: Path) -> int | None:
+    """The epochs the run trained (its ``metrics.json``), None if unknown."""
+    try:
+        return int(json.loads((run_dir / "metrics.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
     """The :class:`RunDynamics` of a run directory, None without CSV logs. Logs of a resumed run
     (``version_1``, ...) replace the earlier versions' rows of the epochs they cover."""
@@ -81,7 +90,10 @@ def read_dynamics(run_dir: str | Path) -> RunDynamics | None:
                 if _number(row.get("train/loss")) is not None:
                     file_train.setdefault(int(epoch), []).append(row)
         train.update(file_train)
-    val = {e: v for e, v in val.items() if e in train}  # not the selected checkpoint's re-run
+    # not the selected checkpoint's re-evaluation after training, logged at epoch = the epochs
+    # trained (metrics.json); a short epoch (fewer steps than log_every_n_steps) logs no train row
+    trained = _trained_epochs(Path(run_dir))
+    val = {e: v for e, v in val.items() if e in train or (trained is not None and e < trained)}
     last_rows = train[max(train)] if train else []
     last_epoch = {}
     for stat in (*TRAIN_STATS, *WRAPPER_STATS):
