@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         )
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a text file is not one)
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint (not a torch.save archive): pass a "
+            "complete .ckpt written by dml-train"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes

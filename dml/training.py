@@ -264,8 +264,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _run(cfg, run_dir, primary)
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU accelerator (``trainer=ddp``) needs a visible CUDA GPU."""
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible: for "
+                          "DDP on CPU processes use trainer=ddp_cpu, else trainer.accelerator=cpu")
+
+
 def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     start = time.time()
+    check_accelerator(cfg)
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -76,6 +76,9 @@ FOREIGN = {
     "truncated": (write_truncated, "is truncated or not a checkpoint"),
     "list": (lambda p, _: torch.save([1, 2, 3], p), "is not a dml checkpoint"),
     "text": (lambda p, _: p.write_text("hello\n"), "is truncated or not a checkpoint"),
+    # 'c' is pickle's GLOBAL opcode: not "could run arbitrary code", just not a checkpoint
+    "text read as a pickle global": (lambda p, _: p.write_text("collections\nOrderedDict\n"),
+                                     "is truncated or not a checkpoint"),
     "empty": (lambda p, _: p.write_bytes(b""), "is truncated or not a checkpoint"),
     "directory": (lambda p, _: p.mkdir(), "is a directory, not a checkpoint"),
 }

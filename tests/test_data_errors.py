@@ -272,6 +272,15 @@ def test_dml_data_reports_missing_csv_images_in_one_line(tmp_path: Path, capsys)
     assert err.startswith(f"error: 10 image(s) listed in {csv} not found: {tmp_path}/img/c0_0.png")
 
 
+def test_a_cache_dir_that_is_a_file_is_one_line(omniglot_root: Path, monkeypatch, capsys):
+    cache = omniglot_root / "not_a_folder"
+    cache.write_text("")
+    monkeypatch.setenv("DML_CACHE_DIR", str(cache))
+    err = cli_error(["data=omniglot"], capsys)
+    assert err == (f"error: cache folder {cache} cannot be created (FileExistsError): set "
+                   "DML_CACHE_DIR to a writable folder")
+
+
 def test_dml_data_names_listed_files_that_are_not_images(tmp_path: Path, capsys):
     csv = write_csv(tmp_path, class_rows("train", range(10)) + class_rows("test", range(10, 12)))
     (tmp_path / "img" / "c1_0.png").write_text("root:x:0:0:root:/root:/bin/bash\n")

@@ -458,3 +458,14 @@ def test_a_memory_that_does_not_fit_is_refused_before_the_run_writes_anything(
     with pytest.raises(ConfigError, match=re.escape(message)):
         train(tiny_config(tmp_path, "loss=triplet_batchhard", "memory=xbm", override))
     assert [p.name for p in tmp_path.iterdir()] == [".dml.lock"]  # a retry may use it
+
+
+def test_a_memory_bigger_than_the_machine_is_one_line_before_allocating(tmp_path):
+    from dml.errors import ConfigError
+    from dml.training import train
+    from tests.training_utils import tiny_config
+
+    with pytest.raises(ConfigError, match=r"^memory.size=100000000000 needs 6705.5 GiB .* more "
+                                          r"than this machine's [\d.]+ GiB: set a smaller"):
+        train(tiny_config(tmp_path, "loss=triplet_batchhard", "memory=xbm",
+                          "memory.size=100000000000"))

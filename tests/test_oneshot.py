@@ -249,6 +249,12 @@ def test_one_shot_of_one_class_is_one_line(checkpoint, capsys):
     assert line.startswith("error: --one-shot must be an integer >= 2")
 
 
+def test_a_billion_episodes_is_one_line(checkpoint, capsys):
+    line = eval_error(capsys, [str(checkpoint), "--one-shot", "2", "--episodes", "1000000000"])
+    assert line == ("error: --episodes must be <= 100,000 (the episodes are held in memory; 1000 "
+                    "already estimate the accuracy to ~0.3 %), got 1,000,000,000")
+
+
 @pytest.mark.parametrize("flag", ["--episodes", "--seed"])
 def test_one_shot_settings_without_one_shot_are_one_line(checkpoint, capsys, flag):
     line = eval_error(capsys, [str(checkpoint), flag, "300"])

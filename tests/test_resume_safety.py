@@ -119,3 +119,25 @@ def test_sigterm_exits_non_zero_and_leaves_a_marker_that_dml_report_shows(tmp_pa
     assert "`1` (interrupted: SIGTERM at epoch 1)" in capsys.readouterr().out
     train(tiny_config(run_dir, "trainer.max_epochs=2", "test=false", "ckpt_path=last"))
     assert not (run_dir / "interrupted").exists()  # resumed and finished
+
+
+def test_resume_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, monkeypatch, capsys):
+    from dml.cli.train import main
+
+    monkeypatch.setattr("sys.argv", ["dml-train", f"resume={tmp_path}"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot resume {tmp_path}: {tmp_path}/.hydra/overrides.yaml not found (is it a "
+        "dml-train run directory?)\n")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
+def test_trainer_ddp_without_a_gpu_names_ddp_cpu_before_anything_is_written(tmp_path):
+    from dml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu but no CUDA GPU is visible: "
+                                          r"for DDP on CPU processes use trainer=ddp_cpu"):
+        train(tiny_config(tmp_path, "trainer=ddp"))
+    assert [p.name for p in tmp_path.iterdir()] == [".dml.lock"]

@@ -183,6 +183,8 @@ def test_a_killed_study_resumes_from_its_storage_without_repeating_finished_tria
                                               "validation metric"),
         (["+hydra.sweeper.params.loss.lam={low: 2.0, high: 4.0}"], "does not contain the "
                                                                    "config's value 1.0"),
+        (["hydra.sweeper.retrain_seeds=[-1,abc]"], "hydra.sweeper.retrain_seeds must be a list "
+                                                   "of integers >= 0, got [-1, 'abc']"),
     ],
 )
 def test_a_bad_study_config_is_one_line_before_any_trial(tmp_path, args, message):
@@ -193,8 +195,10 @@ def test_a_bad_study_config_is_one_line_before_any_trial(tmp_path, args, message
     assert not list(tmp_path.glob("trial_*"))
 
 
-@pytest.mark.parametrize(("content", "message"), [(b"", "is empty"),
-                                                  (b"not a journal\n", "is corrupt (line 1")])
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "is empty"), (b"not a journal\n", "is corrupt (line 1"),
+    (b'{"op_code": 99, "worker_id": "w"}\n', "is corrupt (line 1"),  # Optuna: "Should not reach"
+])
 def test_an_empty_or_corrupt_study_storage_is_one_line(tmp_path, content, message):
     (tmp_path / "optuna.journal").write_bytes(content)
     proc = run_sweep(tmp_path)
@@ -433,3 +437,11 @@ def test_failed_trials_do_not_count_and_a_truncated_journal_is_repaired(tmp_path
     assert [t.state for t in stored_trials(tmp_path)] == [optuna.trial.TrialState.FAIL,
                                                           optuna.trial.TrialState.COMPLETE]
     assert json.loads((tmp_path / "study.json").read_text())["best"] == summary["best"]
+
+
+def test_the_journal_check_knows_every_optuna_operation():
+    from optuna.storages.journal._storage import JournalOperation
+
+    from dml.tune.storage import OP_CODES
+
+    assert {int(op) for op in JournalOperation} == OP_CODES

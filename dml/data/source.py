@@ -32,8 +32,18 @@ def data_root(root: str | os.PathLike | None, name: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where derived files (extracted archives) go: ``$DML_CACHE_DIR`` or ``~/.cache/dml``."""
-    return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "dml")).expanduser()
+    """Where derived files (extracted archives) go: ``$DML_CACHE_DIR`` or ``~/.cache/dml``,
+    created if needed; one that is not a writable folder is a :class:`DatasetError`."""
+    path = Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "dml")).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cache folder {path} cannot be created ({type(e).__name__}): set "
+                           f"{CACHE_DIR_ENV} to a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DatasetError(f"cache folder {path} is not writable: set {CACHE_DIR_ENV} to a "
+                           "writable folder")
+    return path
 
 
 class DatasetSource(ABC):

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from dml.config_checks import check_int, check_range
 from dml.errors import ConfigError
 from dml.losses.base import DMLLoss, LossResult, References, check_wrappable
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, None where the platform does not tell."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class CrossBatchMemory(DMLLoss):
@@ -49,6 +59,11 @@ class CrossBatchMemory(DMLLoss):
         check_range("memory.weight", weight, 0)
         check_int("memory.warmup_steps", warmup_steps, 0, "steps before the memory starts", 0)
         check_int("memory.warmup_epochs", warmup_epochs, 0, "epochs before the memory starts", 0)
+        need, ram = size * (embedding_dim * 4 + 8), physical_memory()
+        if ram is not None and need > ram:
+            raise ConfigError(f"memory.size={size} needs {need / 2**30:.1f} GiB "
+                              f"(size x (embedding_dim x 4 + 8) bytes), more than this machine's "
+                              f"{ram / 2**30:.1f} GiB: set a smaller memory.size")
         super().__init__()
         self.loss, self.weight = loss, weight
         self.warmup_steps, self.warmup_epochs = warmup_steps, warmup_epochs

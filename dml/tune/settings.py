@@ -42,6 +42,11 @@ def study_settings(settings: dict[str, Any]) -> StudySettings:
     if unknown:
         raise ConfigError(f"hydra.sweeper.{unknown[0]} is not a setting of the optuna sweeper "
                           f"(settings: {', '.join(sorted(known))})")
+    seeds = settings.get("retrain_seeds") or []
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if not isinstance(seeds, list) or bad:
+        raise ConfigError(f"hydra.sweeper.retrain_seeds must be a list of integers >= 0, got "
+                          f"{seeds!r}: e.g. hydra.sweeper.retrain_seeds=[0,1,2]")
     return StudySettings(**settings)
 
 

@@ -16,6 +16,7 @@ from dml.errors import ConfigError
 from dml.trusted_targets import untrusted_target
 
 PRUNER_ATTR = "pruner"  # the study's pruner config, stored with the study for its trials
+OP_CODES = set(range(11))  # optuna.storages.journal's JournalOperation values (a test checks)
 FIX = "delete it to start a new study, or point hydra.sweeper.storage at the study's own file"
 
 
@@ -35,7 +36,7 @@ def check_journal(path: Path) -> None:
             record = json.loads(line)
         except ValueError:
             record = None
-        if not isinstance(record, dict) or "op_code" not in record:
+        if not isinstance(record, dict) or record.get("op_code") not in OP_CODES:
             raise ConfigError(f"study storage {path} is corrupt (line {number} is not an Optuna "
                               f"journal record): {FIX}")
 
