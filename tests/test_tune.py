@@ -445,3 +445,16 @@ def test_the_journal_check_knows_every_optuna_operation():
     from dml.tune.storage import OP_CODES
 
     assert {int(op) for op in JournalOperation} == OP_CODES
+
+
+def test_a_study_dir_or_journal_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_sweep(blocker / "study")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: hydra.sweep.dir={blocker / 'study'} cannot be written (NotADirectoryError): "
+        "point it at a writable folder")
+    with pytest.raises(ConfigError, match=rf"^study storage {blocker}/optuna.journal cannot be "
+                                          r"written \(FileExistsError\)"):
+        open_storage(str(blocker / "optuna.journal"))

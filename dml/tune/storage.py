@@ -70,8 +70,13 @@ def open_storage(storage: str) -> BaseStorage:
         path = Path(storage)
         check_journal(path)
         repair_journal(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise ConfigError(f"study storage {path} cannot be written ({type(e).__name__}): "
+                              "point hydra.sweeper.storage (or hydra.sweep.dir) at a writable "
+                              "folder") from None
     if storage.startswith("sqlite:///"):
         path = Path(storage[len("sqlite:///"):])
         if path.exists() and path.stat().st_size == 0:

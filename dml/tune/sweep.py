@@ -44,8 +44,12 @@ def run_studies(arguments: list[str], settings: dict[str, Any], master: DictConf
                 loader: Any, launcher: Launcher) -> list[dict[str, Any]]:
     """Run (or resume) every study of the command line, one after another."""
     sweep_dir = Path(master.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(master, sweep_dir / "multirun.yaml")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(master, sweep_dir / "multirun.yaml")
+    except OSError as e:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} cannot be written ({type(e).__name__}): "
+                          "point it at a writable folder") from None
     next_job = itertools.count()
     summaries = []
     for fixed, name in combinations(arguments):
