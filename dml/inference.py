@@ -10,15 +10,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from dml.checkpointing import first_non_finite, load_checkpoint_file
 from dml.errors import CheckpointError
 from dml.models import EmbeddingNet
+from dml.moved_targets import current_targets
+from dml.train.checkpointing import first_non_finite, load_checkpoint_file
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
-    """The checkpoint dict and the resolved run config saved in it.
+    """The checkpoint dict and the resolved run config saved in it (code that has moved since it
+    was saved named by its current ``_target_``: :mod:`dml.moved_targets`).
 
-    Loads with ``weights_only=True`` (:func:`dml.checkpointing.load_checkpoint_file`). Raises
+    Loads with ``weights_only=True`` (:func:`dml.train.checkpointing.load_checkpoint_file`). Raises
     :class:`CheckpointError` for a missing, truncated, foreign or unsafe file, and for NaN or inf
     weights.
     """
@@ -34,7 +36,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
             f"{path}: tensor {name} has NaN or inf values (the run diverged or the file is "
             "corrupted): use an earlier checkpoint"
         )
-    return ckpt, OmegaConf.create(ckpt["dml_config"])
+    return ckpt, OmegaConf.create(current_targets(ckpt["dml_config"]))
 
 
 def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import dml.slurm  # noqa: F401  (registers the resolver of hydra/launcher=slurm, as dml-train does)
-from dml import launch
+from dml.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SBATCH = """#!/bin/sh
@@ -114,7 +114,7 @@ def test_every_job_of_the_docs_sweep_composes_for_ddp_and_wandb(submitted, hydra
         cfg = compose_job(job)
         world = cfg.trainer.devices * cfg.trainer.num_nodes
         assert world == int(options["ntasks-per-node"]) * int(options["nodes"])
-        assert cfg.trainer.strategy._target_ == "dml.launch.job_ddp_strategy"
+        assert cfg.trainer.strategy._target_ == "dml.train.launch.job_ddp_strategy"
         assert cfg.data.batch_p % world == 0, "the P×K sampler needs P divisible by the ranks"
         assert cfg.module.cross_rank_mining is True
         choice = cfg.hydra.runtime.choices.loss

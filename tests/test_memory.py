@@ -355,7 +355,7 @@ def memory_log(run_dir) -> dict[int, float]:
 def test_memory_xbm_trains_through_the_real_config_with_its_warmup(tmp_path):
     """``memory=xbm`` wraps the configured loss; the module tells it the epoch, so with one warm-up
     epoch the memory stays empty in epoch 0 and fills in epoch 1."""
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     cfg = tiny_config(tmp_path, "loss=sct", "memory=xbm", "memory.size=64",
@@ -369,7 +369,7 @@ def test_memory_xbm_trains_through_the_real_config_with_its_warmup(tmp_path):
 
 
 def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     overrides = ("loss=triplet_batchhard", "memory=xbm", "memory.size=24",
@@ -394,8 +394,8 @@ def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
 def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
     from types import SimpleNamespace
 
-    from dml.models import DMLModule
     from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
 
     module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
                        CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8),
@@ -410,8 +410,8 @@ def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
 
 
 def test_ddp_does_not_broadcast_the_memory():
-    from dml.models import DMLModule
     from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
 
     module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
                        CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8), torch.optim.SGD)
@@ -435,7 +435,7 @@ def test_ddp_does_not_broadcast_the_memory():
     ],
 )
 def test_impossible_wrapper_configs_are_one_line_errors(tmp_path, overrides, message):
-    from dml.training import build_module
+    from dml.train.run import build_module
     from tests.training_utils import tiny_config
 
     with pytest.raises(ConfigError, match=message) as error:

@@ -177,7 +177,7 @@ def test_synthesis_trains_through_the_real_config(tmp_path, synthesis):
     synthetic tuples reaches the training log."""
     import csv
 
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     train(tiny_config(tmp_path, "loss=triplet_batchhard", f"synthesis={synthesis}",

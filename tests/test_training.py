@@ -12,9 +12,10 @@ from PIL import Image
 import dml
 from dml.cli.train import resume_argv
 from dml.data import DatasetError
+from dml.errors import ConfigError
 from dml.losses import DMLLoss
-from dml.models import ConfigError, NonFiniteLossError
-from dml.training import train
+from dml.train.module import NonFiniteLossError
+from dml.train.run import train
 
 from .training_utils import REPO, tiny_config
 

@@ -20,7 +20,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from dml.cli.errors import exit_on_user_error
-    from dml.training import train
+    from dml.train.run import train
 
     if cfg.get("trial"):  # a study's trial: its sweeper reads the outcome, errors included
         return train(cfg)

@@ -1,6 +1,6 @@
 """The runs of a sweep, read from their directories (never from W&B).
 
-A job directory, as ``dml-train`` (``dml.training.train``) and Hydra write it, holds
+A job directory, as ``dml-train`` (``dml.train.run.train``) and Hydra write it, holds
 ``metrics.json`` (the selected checkpoint's metrics), ``config.yaml`` (the resolved config) and
 ``.hydra/hydra.yaml`` (``hydra.runtime.choices``: which config of each group ran) and
 ``.hydra/overrides.yaml`` (the command-line overrides of that job).

@@ -11,7 +11,6 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dml.checkpointing import first_non_finite
 from dml.distributed import (
     broadcast_object,
     gather_batch,
@@ -24,7 +23,8 @@ from dml.eval.retrieval import positive_ks
 from dml.losses.base import DMLLoss
 from dml.losses.memory import CrossBatchMemory
 from dml.models.backbone import EmbeddingNet
-from dml.seeding import epoch_seed
+from dml.train.checkpointing import first_non_finite
+from dml.train.seeding import epoch_seed
 
 DIVERGENCE_FIX = "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs"
 
@@ -50,8 +50,8 @@ class DMLModule(L.LightningModule):
     trains at the optimizer's LR and the head (and any loss parameters) at ``head_lr`` if given.
     A scheduler whose factory takes ``total_steps`` receives the run length in optimizer steps.
     Every training epoch starts from the RNG state ``epoch_seed(seed, epoch)``
-    (:mod:`dml.seeding`), so a run resumed from an epoch-end checkpoint continues exactly as the
-    uninterrupted run would have.
+    (:mod:`dml.train.seeding`), so a run resumed from an epoch-end checkpoint continues exactly as
+    the uninterrupted run would have.
 
     Under DDP, ``cross_rank_mining`` (default) computes the loss on the global batch of all ranks
     (:func:`dml.distributed.gather_batch`: same loss and gradients as one process on that batch);

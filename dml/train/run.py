@@ -15,16 +15,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from dml.allocator import keep_freed_memory
-from dml.callbacks.wall_clock import WallClock
-from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.pml import PMLLoss
-from dml.models import DMLModule
 from dml.run_dir import claim, is_launch_rank_zero, write_records
 from dml.slurm import cluster_plugins, requeued
+from dml.train.allocator import keep_freed_memory
+from dml.train.callbacks.wall_clock import WallClock
+from dml.train.checkpoint_io import SafeCheckpointIO
+from dml.train.checkpointing import load_checkpoint_file
+from dml.train.module import DMLModule
 
 
 def build_loss(cfg: DictConfig) -> DMLLoss:
