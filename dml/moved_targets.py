@@ -12,6 +12,10 @@ MOVED_TARGETS = {
     "dml.optim.warmup_cosine": "dml.train.optim.warmup_cosine",
     "dml.callbacks.triplet_diagram.TripletDiagram":
         "dml.train.callbacks.triplet_diagram.TripletDiagram",
+    "dml.losses.memory.CrossBatchMemory": "dml.losses.wrappers.xbm.CrossBatchMemory",
+    "dml.losses.mixing.HardNegativeMixing": "dml.losses.wrappers.mochi.HardNegativeMixing",
+    "dml.losses.embedding_expansion.EmbeddingExpansion":
+        "dml.losses.wrappers.embedding_expansion.EmbeddingExpansion",
 }
 
 

@@ -37,7 +37,7 @@ from dml.distributed import (
 )
 from dml.losses import DMLLoss, MarginTripletLoss, SCTLoss
 from dml.losses.loop import LoOpTripletLoss
-from dml.losses.memory import CrossBatchMemory
+from dml.losses.wrappers.xbm import CrossBatchMemory
 from dml.miners import BatchHardMiner
 from dml.train.callbacks.triplet_diagram import TripletDiagram
 from dml.train.module import DMLModule

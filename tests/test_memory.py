@@ -20,7 +20,7 @@ from dml.losses import (
     SCTLoss,
 )
 from dml.losses.base import References
-from dml.losses.memory import CrossBatchMemory
+from dml.losses.wrappers.xbm import CrossBatchMemory
 
 Ref = list[tuple[torch.Tensor, int]]  # (embedding, label) pairs an anchor is compared with
 RefsOf = Callable[[int], Ref]  # anchor index -> its references
@@ -441,3 +441,23 @@ def test_impossible_wrapper_configs_are_one_line_errors(tmp_path, overrides, mes
     with pytest.raises(ConfigError, match=message) as error:
         build_module(tiny_config(tmp_path, *overrides))
     assert "\n" not in str(error.value)
+
+
+def test_the_module_asks_the_loss_contract_not_its_class():
+    """Any loss declaring ``buffers_from_global_batch`` (not only CrossBatchMemory) has its own
+    buffers kept out of DDP's broadcast; the PML bridge does not mine tuples from the batch."""
+    from dml.losses.pml import PMLLoss
+    from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
+
+    class Queue(SCTLoss):
+        buffers_from_global_batch = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("queue", torch.zeros(4))
+
+    module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1), Queue(),
+                       torch.optim.SGD)
+    assert module._ddp_params_and_buffers_to_ignore == ["loss.queue"]
+    assert SCTLoss.mines_tuples and CrossBatchMemory.mines_tuples and not PMLLoss.mines_tuples

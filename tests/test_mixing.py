@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from dml.errors import ConfigError
 from dml.losses import LoOpTripletLoss, SCTLoss
 from dml.losses.base import PairLoss, References, TripletLoss
-from dml.losses.mixing import HardNegativeMixing, draw_seed
+from dml.losses.wrappers.mochi import HardNegativeMixing, draw_seed
 from tests.test_losses_configs import EXPECTED, load
 from tests.test_memory import CASES, Ref
 

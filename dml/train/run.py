@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
-from dml.losses.pml import PMLLoss
+from dml.losses.wrappers.compose import build_loss
 from dml.run_dir import claim, is_launch_rank_zero, write_records
 from dml.slurm import cluster_plugins, requeued
 from dml.train.allocator import keep_freed_memory
@@ -26,27 +26,6 @@ from dml.train.callbacks.wall_clock import WallClock
 from dml.train.checkpoint_io import SafeCheckpointIO
 from dml.train.checkpointing import load_checkpoint_file
 from dml.train.module import DMLModule
-
-
-def build_loss(cfg: DictConfig) -> DMLLoss:
-    """The loss of a config: ``loss=...``, wrapped by ``synthesis=...`` and then ``memory=...``
-    when they are set."""
-    loss = instantiate(cfg.loss)
-    if not isinstance(loss, DMLLoss):
-        raise ConfigError(
-            f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
-            "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
-        )
-    if cfg.get("synthesis") and cfg.get("memory"):
-        raise ConfigError("memory= and synthesis= cannot be combined yet (the memory would hold "
-                          "real embeddings only): drop one of them")
-    if cfg.get("synthesis") and not cfg.model.get("normalize", True):
-        raise ConfigError("synthesis= makes unit-norm points: set model.normalize=true (or drop "
-                          "synthesis=)")
-    for wrapper in ("synthesis", "memory"):
-        if cfg.get(wrapper):
-            loss = instantiate(cfg[wrapper])(loss=loss)
-    return loss
 
 
 def build_module(cfg: DictConfig) -> DMLModule:
@@ -71,9 +50,10 @@ def build_module(cfg: DictConfig) -> DMLModule:
 
 def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int) -> None:
     """A loss that mines tuples from the batch needs positives (K >= 2 images of a class) and
-    negatives (P >= 2 classes); otherwise every batch has no tuple and nothing trains. (The PML
-    bridge is not checked: a proxy loss trains on any batch.)"""
-    mines_tuples = isinstance(loss, DMLLoss) and not isinstance(loss, PMLLoss)
+    negatives (P >= 2 classes); otherwise every batch has no tuple and nothing trains. (A loss
+    that does not :attr:`~dml.losses.base.DMLLoss.mines_tuples`, the PML bridge, is not checked:
+    a proxy loss trains on any batch.)"""
+    mines_tuples = isinstance(loss, DMLLoss) and loss.mines_tuples
     if mines_tuples and (batch_k < 2 or batch_p < 2):
         raise ConfigError(
             f"data.batch_p={batch_p} classes × data.batch_k={batch_k} images per batch form "
