@@ -62,7 +62,7 @@ def requeued(run_dir: Path) -> bool:
     """True if this process is a SLURM job started again (requeued after preemption or its time
     limit: ``SLURM_RESTART_COUNT`` > 0) whose earlier start claimed ``run_dir`` and wrote its
     records there: it resumes that run. Every rank of a DDP job reads the same answer."""
-    from dml.run_dir import holds_run
+    from dml.runs.run_dir import holds_run
 
     job = job_id()
     if job is None or int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:

@@ -65,6 +65,9 @@ def user_config_dirs(run_dir: Path) -> list[str]:
 
 
 def main() -> None:
+    from dml.runs.run_dir import register_resolvers
+
+    register_resolvers()  # before Hydra composes the config that names them
     sys.argv = [sys.argv[0], *resume_argv(sys.argv[1:])]
     _hydra_main()
 

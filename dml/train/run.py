@@ -19,7 +19,7 @@ from dml.errors import CheckpointError, ConfigError, RunDirError
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.wrappers.compose import build_loss
-from dml.run_dir import claim, is_launch_rank_zero, write_records
+from dml.runs.run_dir import claim, is_launch_rank_zero, register_resolvers, write_records
 from dml.slurm import cluster_plugins, requeued
 from dml.train.allocator import keep_freed_memory
 from dml.train.callbacks.wall_clock import WallClock
@@ -131,10 +131,11 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path, module: DMLModule) -> str 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, pick the best validation checkpoint, test it; returns what metrics.json holds.
 
-    The run directory is claimed first (:func:`dml.run_dir.claim`): a second run cannot write
+    The run directory is claimed first (:func:`dml.runs.run_dir.claim`): a second run cannot write
     into it, and nothing is written there before the data, model, loss and resume checkpoint
     have passed their checks. A SLURM job requeued after preemption or its time limit resumes the
     run its first start began there (:mod:`dml.slurm`)."""
+    register_resolvers()  # the config is resolved below (a caller may not have composed it here)
     run_dir = Path(cfg.run_dir)
     if requeued(run_dir):  # SLURM started this job again: it continues its own run
         if (run_dir / "metrics.json").exists():  # requeued after the run had finished

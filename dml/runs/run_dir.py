@@ -37,7 +37,11 @@ def sweep_group() -> str | None:
     return str(HydraConfig.get().sweep.dir)
 
 
-OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
+def register_resolvers() -> None:
+    """Register ``${dml.sweep_group:}`` (:func:`sweep_group`), which ``conf/logger/default.yaml``
+    names; called before a run's config is resolved (``dml-train``, :func:`dml.train.run.train`).
+    Registering again replaces it."""
+    OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
 
 LOCK_FILE = ".dml.lock"
 RECORDS = ("config.yaml", "metrics.json", "checkpoints")
@@ -46,6 +50,12 @@ RECORDS = ("config.yaml", "metrics.json", "checkpoints")
 def holds_run(run_dir: Path) -> bool:
     """True if a run has written its records in ``run_dir``."""
     return any((run_dir / name).exists() for name in RECORDS)
+
+
+def resume_overrides(run_dir: Path) -> list[str]:
+    """``["ckpt_path=last"]`` if ``run_dir`` holds a run (a job started there before an
+    interruption continues it), else ``[]``: how a study's jobs pick up their own runs."""
+    return ["ckpt_path=last"] if holds_run(run_dir) else []
 
 
 def is_launch_rank_zero() -> bool:
