@@ -12,7 +12,7 @@ from dml.errors import ConfigError
 from dml.losses import LoOpTripletLoss, SCTLoss
 from dml.losses.base import PairLoss, References, TripletLoss
 from dml.losses.wrappers.mochi import HardNegativeMixing, draw_seed
-from tests.test_losses_configs import EXPECTED, load
+from tests.test_losses_configs import WRAPPABLE_CONFIGS, load
 from tests.test_memory import CASES, Ref
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
@@ -23,7 +23,7 @@ def batch(seed: int = 0, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(len(LABELS), dim, generator=g, dtype=torch.float64), torch.tensor(LABELS)
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+@pytest.mark.parametrize("name", WRAPPABLE_CONFIGS)
 def test_the_batch_as_references_without_the_anchor_equals_the_batch(name):
     """Every triplet and pair loss config (conf/loss/), values, gradients and statistics."""
     loss = load(name)

@@ -16,7 +16,7 @@ def build_loss(cfg: DictConfig) -> DMLLoss:
     if not isinstance(loss, DMLLoss):
         raise ConfigError(
             f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
-            "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
+            "DMLLoss (README: Add a loss), or wrap a pytorch-metric-learning loss with loss=pml"
         )
     if cfg.get("synthesis") and cfg.get("memory"):
         raise ConfigError("memory= and synthesis= cannot be combined yet (the memory would hold "
