@@ -3,10 +3,11 @@
 The default experiment's model, loss and optimizer (``conf/config.yaml``: conv4 at 28 px, 128-d
 embedding, multi-similarity, AdamW) on one ready-made P×K batch of 32 × 4 random images, CPU, one
 intra-op thread. Peer: the training step itself (forward, loss, backward, AdamW step). Measured:
-:func:`dml.checkpointing.first_non_finite` over the step's loss and embeddings and every parameter
-and buffer, as :meth:`DMLModule.on_train_batch_end` runs it after every step; also the entrywise
-check it replaced (one ``isfinite().all()`` per tensor). Median of ``--repeats``, interleaved, after
-warm-up. Ratio = check time / step time. Run: ``python benchmarks/bench_divergence_check.py``.
+:func:`dml.train.checkpointing.first_non_finite` over the step's loss and embeddings and every
+parameter and buffer, as :meth:`DMLModule.on_train_batch_end` runs it after every step; also the
+entrywise check it replaced (one ``isfinite().all()`` per tensor). Median of ``--repeats``,
+interleaved, after warm-up. Ratio = check time / step time. Run: ``python
+benchmarks/bench_divergence_check.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dml.checkpointing import first_non_finite
+from dml.train.checkpointing import first_non_finite
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -1,5 +1,5 @@
 """Forward + backward time of batch-hard triplet with a cross-batch memory: ours
-(``memory=xbm``: :class:`~dml.losses.memory.CrossBatchMemory`) vs pytorch-metric-learning's
+(``memory=xbm``: :class:`~dml.losses.wrappers.xbm.CrossBatchMemory`) vs pytorch-metric-learning's
 ``CrossBatchMemory``, on the same inputs, and the memory each keeps, in bytes.
 
 B = 128 unit embeddings of d = 128 (32 classes × 4) against a full memory of 8,192 × 128 (labels
@@ -23,7 +23,7 @@ from _common import add_batch_args, interleaved_median_ms, unit_batch
 from pytorch_metric_learning import distances, losses, miners
 
 from dml.losses import MarginTripletLoss
-from dml.losses.memory import CrossBatchMemory
+from dml.losses.wrappers.xbm import CrossBatchMemory
 from dml.miners import BatchHardMiner
 
 

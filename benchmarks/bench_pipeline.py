@@ -57,9 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from dml.allocator import keep_freed_memory  # noqa: E402
 from dml.data.sampler import PKBatchSampler  # noqa: E402
-from dml.training import build_module  # noqa: E402
+from dml.train.allocator import keep_freed_memory  # noqa: E402
+from dml.train.run import build_module  # noqa: E402
 
 SCALING_STEPS, SCALING_WARMUP = 20, 3  # per scaling row
 

@@ -9,7 +9,7 @@
 * :func:`rank_and_world_size`: this process's place in the group.
 
 Without an initialised process group everything is the single-process identity. Launching a DDP
-group per Hydra job is :mod:`dml.launch`'s.
+group per Hydra job is :mod:`dml.train.launch`'s.
 """
 
 from __future__ import annotations

@@ -10,16 +10,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from dml.checkpointing import first_non_finite, load_checkpoint_file
 from dml.errors import CheckpointError
 from dml.models import EmbeddingNet
+from dml.moved_targets import current_targets
+from dml.train.checkpointing import first_non_finite, load_checkpoint_file
 from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
-    """The checkpoint dict and the resolved run config saved in it.
+    """The checkpoint dict and the resolved run config saved in it (code that has moved since it
+    was saved named by its current ``_target_``: :mod:`dml.moved_targets`).
 
-    Loads with ``weights_only=True`` (:func:`dml.checkpointing.load_checkpoint_file`). Raises
+    Loads with ``weights_only=True`` (:func:`dml.train.checkpointing.load_checkpoint_file`). Raises
     :class:`CheckpointError` for a missing, truncated, foreign or unsafe file, and for NaN or inf
     weights.
     """
@@ -35,7 +37,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
             f"{path}: tensor {name} has NaN or inf values (the run diverged or the file is "
             "corrupted): use an earlier checkpoint"
         )
-    return ckpt, stored_config(path, ckpt["dml_config"])
+    # old checkpoints name moved code (dml.moved_targets): mapped before the trust check
+    return ckpt, stored_config(path, current_targets(ckpt["dml_config"]))
 
 
 def stored_config(path: str | os.PathLike, stored: object) -> DictConfig:

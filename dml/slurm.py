@@ -2,8 +2,9 @@
 
 * **GPUs.** ``conf/hydra/launcher/slurm.yaml`` asks for
   ``${dml.slurm_gpus:${trainer.accelerator},${trainer.devices}}`` GPUs per node
-  (:func:`gpus_per_node`): the trainer's devices when it trains on GPUs, none otherwise (a CPU
-  partition refuses a GPU request).
+  (:func:`gpus_per_node`, registered by :func:`dml.runs.run_dir.register_resolvers`): the
+  trainer's devices when it trains on GPUs, none otherwise (a CPU partition refuses a GPU
+  request).
 * **Preemption and time limits: one mechanism.** submitit (the launcher) has SLURM send ``USR2``
   ``hydra.launcher.signal_delay_s`` seconds before the time limit; its handler requeues the job
   (``scontrol requeue``, up to ``hydra.launcher.max_num_timeout`` times). A preempted job is
@@ -24,8 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from dml.files import write_text_atomic
 
 JOB_FILE = ".slurm_job"
@@ -38,8 +37,6 @@ def gpus_per_node(accelerator: str, devices: Any) -> Any:
     ``trainer.accelerator=gpu``, as ``trainer=ddp`` does)."""
     return devices if str(accelerator).lower() in GPU_ACCELERATORS else None
 
-
-OmegaConf.register_new_resolver("dml.slurm_gpus", gpus_per_node, replace=True)
 
 
 def job_id() -> str | None:
@@ -62,7 +59,7 @@ def requeued(run_dir: Path) -> bool:
     """True if this process is a SLURM job started again (requeued after preemption or its time
     limit: ``SLURM_RESTART_COUNT`` > 0) whose earlier start claimed ``run_dir`` and wrote its
     records there: it resumes that run. Every rank of a DDP job reads the same answer."""
-    from dml.run_dir import holds_run
+    from dml.runs.run_dir import holds_run
 
     job = job_id()
     if job is None or int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:

@@ -23,7 +23,7 @@ TRUSTED_MODULES = (
     "dml.losses",
     "dml.miners",
     "dml.models",
-    "dml.callbacks",
+    "dml.train.callbacks",
     "torch.optim",
     "torchvision.transforms",
     "lightning.pytorch.callbacks",
@@ -39,8 +39,8 @@ TRUSTED_MODULES = (
 #: Functions and classes outside :data:`TRUSTED_MODULES` that dml's configs name.
 TRUSTED_NAMES = frozenset({
     "dml.data.transforms.build_transform",
-    "dml.optim.warmup_cosine",
-    "dml.launch.job_ddp_strategy",
+    "dml.train.optim.warmup_cosine",
+    "dml.train.launch.job_ddp_strategy",
     "lightning.pytorch.Trainer",
 })
 USER_TRUSTED_VAR = "DML_TRUSTED_TARGETS"

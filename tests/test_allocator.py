@@ -1,5 +1,5 @@
-"""``keep_freed_memory`` (dml.allocator): with it, memory freed by one step serves the next one
-instead of being returned to the OS and page-faulted in again; ``dml-train`` applies it when
+"""``keep_freed_memory`` (dml.train.allocator): with it, memory freed by one step serves the next
+one instead of being returned to the OS and page-faulted in again; ``dml-train`` applies it when
 ``keep_freed_memory: true`` (the default)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-import dml.training
-from dml.allocator import keep_freed_memory
-from dml.training import train
+import dml.train.run
+from dml.train.allocator import keep_freed_memory
+from dml.train.run import train
 
 from .training_utils import REPO, tiny_config
 
@@ -24,7 +24,7 @@ GLIBC = platform.libc_ver()[0] == "glibc"
 # heap grows to 20 MiB once: 20 MiB of faults.
 GROWING_BUFFERS = """
 import ctypes, resource, sys
-from dml.allocator import keep_freed_memory
+from dml.train.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -72,7 +72,7 @@ def test_a_users_own_malloc_settings_are_left_alone(monkeypatch, name):
 @pytest.mark.parametrize("keep", [True, False])
 def test_dml_train_applies_the_config_value(tmp_path, monkeypatch, keep):
     calls = []
-    monkeypatch.setattr(dml.training, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(dml.train.run, "keep_freed_memory", lambda: calls.append(1) or True)
     cfg = tiny_config(tmp_path / "run", f"keep_freed_memory={keep}", "trainer.max_epochs=1")
     train(cfg)
     assert calls == ([1] if keep else [])

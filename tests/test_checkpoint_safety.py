@@ -1,18 +1,21 @@
 """Checkpoints are loaded with weights_only: no code runs, and damaged, foreign or non-finite
 files give one line naming the file, through both dml.load_embedder and dml-eval."""
 
+import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import dml
-from dml.checkpointing import first_non_finite
 from dml.cli.eval import main as dml_eval
 from dml.errors import CheckpointError
-from dml.training import train
+from dml.train.checkpointing import first_non_finite
+from dml.train.run import train
 
 from .training_utils import tiny_config
 
@@ -219,3 +222,33 @@ def test_every_target_in_the_configs_is_trusted():
     found = {target for path in (repo / "conf").rglob("*.yaml")
              for target in targets(yaml.safe_load(path.read_text())) if target != "???"}
     assert len(found) > 40 and {t for t in found if not is_trusted(t)} == set()
+
+
+def test_a_checkpoint_naming_moved_code_still_loads(checkpoint, tmp_path, capsys):
+    """A checkpoint saved before code moved (its config names the old ``_target_`` paths of
+    :data:`dml.moved_targets.MOVED_TARGETS`) still evaluates in dml-eval and load_embedder."""
+    from hydra.utils import get_object
+
+    from dml.moved_targets import MOVED_TARGETS
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    text = json.dumps(ckpt["dml_config"])
+    for old, new in MOVED_TARGETS.items():
+        text = text.replace(json.dumps(new), json.dumps(old))
+    assert '"dml.optim.warmup_cosine"' in text  # the default scheduler, as an old run saved it
+    ckpt["dml_config"] = json.loads(text)
+    ckpt["dml_config"]["memory"] = {"_target_": "dml.losses.memory.CrossBatchMemory",
+                                    "_partial_": True, "size": 64}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    dml_eval([str(tmp_path / "old.ckpt"), "--accelerator", "cpu"])
+    out = capsys.readouterr().out
+    assert "recall@1" in json.loads(out[out.index("{"):])
+    assert dml.load_embedder(tmp_path / "old.ckpt", device="cpu")([]).shape == (0, 16)
+    for new in MOVED_TARGETS.values():
+        get_object(new)
+
+
+def test_using_a_trained_model_does_not_import_lightning():
+    code = "import sys, dml.inference; assert 'lightning' not in sys.modules, 'imports lightning'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

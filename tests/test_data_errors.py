@@ -161,7 +161,7 @@ def config_keys_named_in(path: Path) -> set[str]:
 
 def test_every_key_named_under_dml_data_exists_in_a_data_config():
     configs = [
-        OmegaConf.to_container(OmegaConf.load(p)) for p in (REPO / "conf" / "data").glob("*.yaml")
+        OmegaConf.to_container(OmegaConf.load(p)) for p in (REPO / "conf" / "data").rglob("*.yaml")
     ]
 
     def exists(key: str) -> bool:

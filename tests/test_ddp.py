@@ -25,7 +25,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from dml.callbacks.triplet_diagram import TripletDiagram
 from dml.data import DMLDataModule, PKBatchSampler
 from dml.data.synthetic import Synthetic
 from dml.data.transforms import build_transform
@@ -38,9 +37,10 @@ from dml.distributed import (
 )
 from dml.losses import DMLLoss, MarginTripletLoss, SCTLoss
 from dml.losses.loop import LoOpTripletLoss
-from dml.losses.memory import CrossBatchMemory
+from dml.losses.wrappers.xbm import CrossBatchMemory
 from dml.miners import BatchHardMiner
-from dml.models import DMLModule
+from dml.train.callbacks.triplet_diagram import TripletDiagram
+from dml.train.module import DMLModule
 
 WORLD = 2
 P, K, SEED = 4, 3, 7  # the global batch: P classes × K images, split by class over the ranks

@@ -22,8 +22,8 @@ from dml.losses import (
     MultiSimilarityLoss,
     SCTLoss,
 )
-from dml.losses.embedding_expansion import EmbeddingExpansion
 from dml.losses.pml import PMLLoss
+from dml.losses.wrappers.embedding_expansion import EmbeddingExpansion
 from tests.test_losses import ALL_CASES, TOL, ref_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "synthesis" / "embedding_expansion.yaml"

@@ -11,7 +11,7 @@ from dml.cli.eval import apply_overrides
 from dml.cli.eval import main as dml_eval
 from dml.cli.report import main as dml_report
 from dml.inference import load_checkpoint
-from dml.training import train
+from dml.train.run import train
 
 from .test_report import fake_run
 from .training_utils import tiny_config

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dml.training import train
+from dml.train.run import train
 
 from .conftest import write_png
 from .test_benchmark_datasets import make_all

@@ -21,8 +21,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import dml.slurm  # noqa: F401  (registers the resolver of hydra/launcher=slurm, as dml-train does)
-from dml import launch
+from dml.runs.run_dir import register_resolvers
+from dml.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SBATCH = """#!/bin/sh
@@ -34,7 +34,9 @@ exit 1
 
 def compose_job(overrides: list[str], **hydra: object) -> DictConfig:
     """A job's config, with Hydra's runtime set (``hydra`` values first) so that
-    ``${hydra:...}`` interpolations resolve and ``HydraConfig.get()`` is this job's."""
+    ``${hydra:...}`` interpolations resolve and ``HydraConfig.get()`` is this job's; dml's
+    resolvers registered, as ``dml-train`` does."""
+    register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
@@ -114,7 +116,7 @@ def test_every_job_of_the_docs_sweep_composes_for_ddp_and_wandb(submitted, hydra
         cfg = compose_job(job)
         world = cfg.trainer.devices * cfg.trainer.num_nodes
         assert world == int(options["ntasks-per-node"]) * int(options["nodes"])
-        assert cfg.trainer.strategy._target_ == "dml.launch.job_ddp_strategy"
+        assert cfg.trainer.strategy._target_ == "dml.train.launch.job_ddp_strategy"
         assert cfg.data.batch_p % world == 0, "the P×K sampler needs P divisible by the ranks"
         assert cfg.module.cross_rank_mining is True
         choice = cfg.hydra.runtime.choices.loss

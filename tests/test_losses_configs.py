@@ -3,31 +3,43 @@ nested miner distance can be overridden from the command line."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
-from dml import losses, miners
+from dml import losses
 from dml.cli.errors import user_error
 from dml.distances import CosineSimilarity, EuclideanDistance
 from dml.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
-EXPECTED = {
-    "triplet_batchhard": (losses.MarginTripletLoss, miners.BatchHardMiner),
-    "triplet_semihard": (losses.MarginTripletLoss, miners.FaceNetSemiHardMiner),
-    "triplet_all": (losses.MarginTripletLoss, miners.AllTripletsMiner),
-    "nca_hardest": (losses.NCATripletLoss, miners.EasyPositiveHardNegativeMiner),
-    "nca_semihard": (losses.NCATripletLoss, miners.SemiHardNegativeMiner),
-    "sct": (losses.SCTLoss, miners.EasyPositiveHardNegativeMiner),
-    "contrastive": (losses.ContrastiveLoss, miners.AllPairsMiner),
-    "multisimilarity": (losses.MultiSimilarityLoss, miners.MultiSimilarityMiner),
-    "hcl": (losses.HardnessAwareContrastiveLoss, miners.AllPairsMiner),
-}
+#: Every loss config: its cases are derived from the files, so a new conf/loss/<name>.yaml is
+#: tested without editing a table here.
+LOSS_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+def named_class(config: Path) -> type:
+    """The class a config file's ``_target_`` names."""
+    return get_class(OmegaConf.load(config)._target_)
+
+
+#: The configs of triplet and pair losses (they take references: what memory= and synthesis= wrap).
+WRAPPABLE_CONFIGS = [n for n in LOSS_CONFIGS if named_class(CONF / f"{n}.yaml").takes_references]
+
+
+def documented_classes(name: str) -> tuple[type, type | None]:
+    """The loss class ``conf/loss/<name>.yaml`` names and that of the miner its defaults list
+    chooses from ``conf/loss/miner/`` (None without one)."""
+    defaults = OmegaConf.load(CONF / f"{name}.yaml").get("defaults") or []
+    chosen = [d["miner"] for d in defaults if isinstance(d, Mapping) and "miner" in d]
+    miner = named_class(CONF / "miner" / f"{chosen[0]}.yaml") if chosen else None
+    return named_class(CONF / f"{name}.yaml"), miner
 
 
 def load(name: str, *overrides: str):
@@ -46,11 +58,16 @@ def unit_batch(seed: int = 0):
     return F.normalize(x, dim=1), torch.arange(32) % 8
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+@pytest.mark.parametrize("name", LOSS_CONFIGS)
 def test_config_builds_documented_loss(name: str) -> None:
-    loss_cls, miner_cls = EXPECTED[name]
+    """Each loss config builds the DMLLoss its ``_target_`` names, with the miner its defaults
+    choose, and trains on a batch (finite value, non-zero gradient)."""
+    if name == "pml":
+        pytest.importorskip("pytorch_metric_learning")
+    loss_cls, miner_cls = documented_classes(name)
     loss = load(name)
-    assert type(loss) is loss_cls and type(loss.miner) is miner_cls
+    assert type(loss) is loss_cls and isinstance(loss, losses.DMLLoss)
+    assert miner_cls is None or type(loss.miner) is miner_cls
     x, labels = unit_batch()
     out = loss.result(x.requires_grad_(), labels)
     out.value.backward()
@@ -104,8 +121,9 @@ def compose_loss(name: str, *overrides: str):
         return compose("config", overrides=[f"loss={name}", *overrides]).loss
 
 
-# (config, overrides, the one-line error): every constrained hyper-parameter of conf/loss/*
-# (pml.yaml passes its values to pytorch-metric-learning, which checks its own).
+# (config, overrides, the one-line error): constrained hyper-parameters of conf/loss/* (pml.yaml
+# passes its values to pytorch-metric-learning, which checks its own). Every numeric one of every
+# config is also checked by test_a_non_number_hyperparameter_is_a_config_error.
 BAD_VALUES = [
     ("triplet_batchhard", ["loss.margin=-1"], "loss.margin must be >= 0, got -1"),
     (
@@ -172,9 +190,30 @@ BAD_VALUES = [
 ]
 
 
-def test_every_loss_config_has_bad_value_cases() -> None:
-    configs = {p.stem for p in CONF.glob("*.yaml")} - {"pml"}
-    assert {name for name, _, _ in BAD_VALUES} == configs
+def numeric_hyperparameters() -> list[tuple[str, str]]:
+    """``(config, key)`` of every number of every loss config and of its miner (not pml.yaml's:
+    pytorch-metric-learning checks its own), read from the composed configs."""
+    cases = []
+    for name in LOSS_CONFIGS:
+        if name == "pml":
+            continue
+        loss = compose_loss(name)
+        values = [(f"loss.{k}", v) for k, v in loss.items() if k != "miner"]
+        values += [(f"loss.miner.{k}", v) for k, v in (loss.get("miner") or {}).items()]
+        cases += [(name, key) for key, v in values
+                  if isinstance(v, int | float) and not isinstance(v, bool)]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "key"), numeric_hyperparameters())
+def test_a_non_number_hyperparameter_is_a_config_error(name: str, key: str) -> None:
+    """Every numeric hyper-parameter of every loss config is checked when the loss is built: a
+    value that is not a number is a one-line ConfigError naming the key (or the key it sets)."""
+    with pytest.raises(Exception) as raised:
+        instantiate(compose_loss(name, f"{key}=abc"))
+    error = user_error(raised.value)
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith("loss.") and str(error).endswith("got 'abc'"), str(error)
 
 
 @pytest.mark.parametrize(

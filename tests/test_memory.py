@@ -21,7 +21,7 @@ from dml.losses import (
     SCTLoss,
 )
 from dml.losses.base import References
-from dml.losses.memory import CrossBatchMemory
+from dml.losses.wrappers.xbm import CrossBatchMemory
 
 Ref = list[tuple[torch.Tensor, int]]  # (embedding, label) pairs an anchor is compared with
 RefsOf = Callable[[int], Ref]  # anchor index -> its references
@@ -356,7 +356,7 @@ def memory_log(run_dir) -> dict[int, float]:
 def test_memory_xbm_trains_through_the_real_config_with_its_warmup(tmp_path):
     """``memory=xbm`` wraps the configured loss; the module tells it the epoch, so with one warm-up
     epoch the memory stays empty in epoch 0 and fills in epoch 1."""
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     cfg = tiny_config(tmp_path, "loss=sct", "memory=xbm", "memory.size=64",
@@ -370,7 +370,7 @@ def test_memory_xbm_trains_through_the_real_config_with_its_warmup(tmp_path):
 
 
 def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     overrides = ("loss=triplet_batchhard", "memory=xbm", "memory.size=24",
@@ -395,8 +395,8 @@ def test_a_killed_run_with_a_memory_resumes_bit_identically(tmp_path):
 def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
     from types import SimpleNamespace
 
-    from dml.models import DMLModule
     from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
 
     module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
                        CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8),
@@ -411,8 +411,8 @@ def test_a_memory_under_ddp_without_cross_rank_mining_is_a_one_line_error():
 
 
 def test_ddp_does_not_broadcast_the_memory():
-    from dml.models import DMLModule
     from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
 
     module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1),
                        CrossBatchMemory(SCTLoss(), size=16, embedding_dim=8), torch.optim.SGD)
@@ -436,7 +436,7 @@ def test_ddp_does_not_broadcast_the_memory():
     ],
 )
 def test_impossible_wrapper_configs_are_one_line_errors(tmp_path, overrides, message):
-    from dml.training import build_module
+    from dml.train.run import build_module
     from tests.training_utils import tiny_config
 
     with pytest.raises(ConfigError, match=message) as error:
@@ -452,7 +452,7 @@ def test_a_memory_that_does_not_fit_is_refused_before_the_run_writes_anything(
     tmp_path, override, message
 ):
     from dml.errors import ConfigError
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -462,10 +462,30 @@ def test_a_memory_that_does_not_fit_is_refused_before_the_run_writes_anything(
 
 def test_a_memory_bigger_than_the_machine_is_one_line_before_allocating(tmp_path):
     from dml.errors import ConfigError
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     with pytest.raises(ConfigError, match=r"^memory.size=100000000000 needs 6705.5 GiB .* more "
                                           r"than this machine's [\d.]+ GiB: set a smaller"):
         train(tiny_config(tmp_path, "loss=triplet_batchhard", "memory=xbm",
                           "memory.size=100000000000"))
+
+
+def test_the_module_asks_the_loss_contract_not_its_class():
+    """Any loss declaring ``buffers_from_global_batch`` (not only CrossBatchMemory) has its own
+    buffers kept out of DDP's broadcast; the PML bridge does not mine tuples from the batch."""
+    from dml.losses.pml import PMLLoss
+    from dml.models.backbone import EmbeddingNet
+    from dml.train.module import DMLModule
+
+    class Queue(SCTLoss):
+        buffers_from_global_batch = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("queue", torch.zeros(4))
+
+    module = DMLModule(EmbeddingNet("conv4", embedding_dim=8, in_chans=1), Queue(),
+                       torch.optim.SGD)
+    assert module._ddp_params_and_buffers_to_ignore == ["loss.queue"]
+    assert SCTLoss.mines_tuples and CrossBatchMemory.mines_tuples and not PMLLoss.mines_tuples

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from dml.errors import ConfigError
 from dml.losses import LoOpTripletLoss, SCTLoss
 from dml.losses.base import PairLoss, References, TripletLoss
-from dml.losses.mixing import HardNegativeMixing, draw_seed
-from tests.test_losses_configs import EXPECTED, load
+from dml.losses.wrappers.mochi import HardNegativeMixing, draw_seed
+from tests.test_losses_configs import WRAPPABLE_CONFIGS, load
 from tests.test_memory import CASES, Ref
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
@@ -23,7 +23,7 @@ def batch(seed: int = 0, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(len(LABELS), dim, generator=g, dtype=torch.float64), torch.tensor(LABELS)
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+@pytest.mark.parametrize("name", WRAPPABLE_CONFIGS)
 def test_the_batch_as_references_without_the_anchor_equals_the_batch(name):
     """Every triplet and pair loss config (conf/loss/), values, gradients and statistics."""
     loss = load(name)
@@ -177,7 +177,7 @@ def test_synthesis_trains_through_the_real_config(tmp_path, synthesis):
     synthetic tuples reaches the training log."""
     import csv
 
-    from dml.training import train
+    from dml.train.run import train
     from tests.training_utils import tiny_config
 
     train(tiny_config(tmp_path, "loss=triplet_batchhard", f"synthesis={synthesis}",

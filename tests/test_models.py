@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dml.models import ConfigError, EmbeddingNet
-from dml.optim import warmup_cosine
+from dml.train.optim import warmup_cosine
 
 
 def test_embeddings_are_unit_norm_with_the_configured_size():

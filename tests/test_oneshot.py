@@ -17,7 +17,7 @@ from dml.cli.eval import main as dml_eval
 from dml.data.omniglot import Omniglot
 from dml.errors import DatasetError
 from dml.eval.oneshot import one_shot_accuracy, sample_episodes
-from dml.training import build_module
+from dml.train.run import build_module
 
 from .training_utils import REPO
 

@@ -21,7 +21,7 @@ from dml.report import (
 )
 from dml.report.diagrams import first_seed_diagrams
 from dml.report.dynamics import read_dynamics
-from dml.report.runs import cell_labels
+from dml.report.labels import cell_labels
 from dml.report.table import format_percent, metric_names
 
 

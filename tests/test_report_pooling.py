@@ -12,7 +12,7 @@ import yaml
 
 from dml.cli.report import main as dml_report
 from dml.report import collect_runs, make_report
-from dml.report.runs import cell_labels
+from dml.report.labels import cell_labels
 from dml.report.stats import welch
 from tests.test_report import fake_run, train_row, write_csv_log
 from tests.test_report_studies import expected_cell, holm_by_definition, write_study

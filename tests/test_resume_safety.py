@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dml.errors import RunDirError
-from dml.training import train
+from dml.train.run import train
 
 from .test_report import fake_run
 from .test_training_promises import TINY_CLI, last_line, run_cli, run_records

@@ -4,7 +4,7 @@ it would no longer replay its remaining epochs."""
 import torch
 
 from dml.data.sampler import PKBatchSampler
-from dml.seeding import epoch_seed
+from dml.train.seeding import epoch_seed
 
 
 def test_epoch_seed_is_pinned_and_distinct_across_seeds_and_epochs() -> None:
@@ -35,7 +35,7 @@ def test_any_seed_gives_an_epoch_seed_that_seed_everything_accepts() -> None:
 
 
 def test_a_run_with_a_large_seed_trains(tmp_path) -> None:
-    from dml.training import train
+    from dml.train.run import train
 
     from .training_utils import tiny_config
 

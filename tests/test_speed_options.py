@@ -9,7 +9,7 @@ import torch
 
 from dml.losses import SCTLoss
 from dml.models.backbone import EmbeddingNet
-from dml.training import train
+from dml.train.run import train
 
 from .training_utils import tiny_config
 

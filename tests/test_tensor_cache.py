@@ -34,7 +34,7 @@ from dml.data.tensor_cache import (
 )
 from dml.data.transforms import build_transform
 from dml.errors import ConfigError, DatasetError
-from dml.training import train
+from dml.train.run import train
 
 from .training_utils import tiny_config
 

@@ -12,9 +12,10 @@ from PIL import Image
 import dml
 from dml.cli.train import resume_argv
 from dml.data import DatasetError
+from dml.errors import ConfigError
 from dml.losses import DMLLoss
-from dml.models import ConfigError, NonFiniteLossError
-from dml.training import train
+from dml.train.module import NonFiniteLossError
+from dml.train.run import train
 
 from .training_utils import REPO, tiny_config
 
@@ -179,3 +180,15 @@ def test_dml_eval_reproduces_the_test_metrics(trained, tmp_path, capsys):
     out = json.loads((tmp_path / "m.json").read_text())
     for k, v in result["test"].items():
         assert out[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_the_wandb_group_resolver_is_registered_explicitly_not_on_import():
+    code = (
+        "from omegaconf import OmegaConf\n"
+        "import dml.runs.records, dml.runs.run_dir\n"
+        "assert not OmegaConf.has_resolver('dml.sweep_group'), 'registered on import'\n"
+        "dml.runs.run_dir.register_resolvers()\n"
+        "assert OmegaConf.create({'g': '${dml.sweep_group:}'}).g is None\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""The training loop's promises, tested where users meet them: through ``dml.training.train`` (the
+"""The training loop's promises, tested where users meet them: through ``dml.train.run.train`` (the
 function behind ``dml-train``) with a real Lightning ``Trainer``."""
 
 import json
@@ -15,9 +15,9 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from dml.checkpointing import first_non_finite
 from dml.data import PKBatchSampler
 from dml.errors import CheckpointError, ConfigError, DivergenceError, RunDirError
+from dml.train.checkpointing import first_non_finite
 
 from .training_utils import REPO, TINY, tiny_config
 
@@ -67,7 +67,7 @@ def record_overrides(log: Path, crash_at: str | None = None) -> list[str]:
 
 
 def test_every_epoch_draws_the_samplers_batches_for_that_epoch(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     log = tmp_path / "batches.jsonl"
     run = tmp_path / "run"
@@ -79,7 +79,7 @@ def test_every_epoch_draws_the_samplers_batches_for_that_epoch(tmp_path):
 
 
 def test_a_resumed_run_continues_with_the_right_epochs_batches(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     log = tmp_path / "batches.jsonl"
     run = tmp_path / "run"
@@ -128,7 +128,7 @@ def assert_checkpoints_finite(run_dir: Path) -> list[str]:
 def test_a_diverging_run_stops_before_a_checkpoint_holds_it(tmp_path, hook):
     """``batch``: caught after the step that diverged; ``epoch_end``: after the last step's check,
     just before last.ckpt is written: the checkpoint gate refuses to write it."""
-    from dml.training import train
+    from dml.train.run import train
 
     poison = [
         "+callbacks.poison._target_=tests.test_training_promises.PoisonBuffer",
@@ -182,7 +182,7 @@ class StartSecondRun(L.Callback):
         self.outcome = Path(outcome)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        from dml.training import train
+        from dml.train.run import train
 
         if trainer.current_epoch == 0:
             try:
@@ -192,7 +192,7 @@ class StartSecondRun(L.Callback):
 
 
 def test_a_second_run_cannot_write_into_a_live_or_finished_run(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     run, outcome = tmp_path / "run", tmp_path / "outcome.txt"
     first = train(tiny_config(
@@ -214,7 +214,7 @@ def test_only_its_own_slurm_job_started_again_resumes_a_run(tmp_path, monkeypatc
     ``SLURM_RESTART_COUNT`` > 0, same ``SLURM_JOB_ID``) resumes the run its first start began in
     its directory (on a real SLURM: tests/test_slurm.py); another job, or a first start, is
     refused. Started again after its run finished, it returns the run's metrics."""
-    from dml.training import train
+    from dml.train.run import train
 
     run, log = tmp_path / "run", tmp_path / "batches.jsonl"
     args = ["trainer.max_epochs=2", "test=false"]
@@ -278,14 +278,14 @@ def test_a_refused_resume_rewrites_nothing(tmp_path):
 
 
 def test_resume_of_a_directory_without_a_run_is_refused(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     with pytest.raises(RunDirError, match="holds no run to resume"):
         train(tiny_config(tmp_path, "ckpt_path=last"))
 
 
 def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     crash = tiny_config(tmp_path, *record_overrides(tmp_path / "x.jsonl", "[0,2]"))
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -297,7 +297,7 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path):
 
 
 def test_resume_from_a_truncated_checkpoint_names_it(tmp_path):
-    from dml.training import train
+    from dml.train.run import train
 
     train(tiny_config(tmp_path, "trainer.max_epochs=1", "test=false"))
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -320,7 +320,7 @@ def test_resume_from_a_truncated_checkpoint_names_it(tmp_path):
     ],
 )
 def test_configs_that_cannot_train_fail_before_training(tmp_path, overrides, message):
-    from dml.training import train
+    from dml.train.run import train
 
     with pytest.raises(ConfigError, match=message):
         train(tiny_config(tmp_path, *overrides))

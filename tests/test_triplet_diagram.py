@@ -11,12 +11,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from dml.callbacks.triplet_diagram import (
+from dml.losses import SCTLoss
+from dml.train.callbacks.triplet_diagram import (
     TripletDiagram,
     log_image_to_wandb,
     render_triplet_diagram,
 )
-from dml.losses import SCTLoss
 
 
 class ToyModule(LightningModule):

@@ -24,7 +24,7 @@ from dml.cli.errors import user_error
 from dml.data.datamodule import DMLDataModule, class_folds
 from dml.data.records import Record
 from dml.errors import ConfigError, DatasetError
-from dml.training import build_loss
+from dml.losses.wrappers.compose import build_loss
 from dml.tune.settings import default_values
 from dml.tune.space import check_space, distributions, overrides
 from dml.tune.storage import open_storage

@@ -167,7 +167,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from dml.inference import load_checkpoint, net_from_checkpoint
-    from dml.training import build_module
+    from dml.train.run import build_module
 
     ckpt, cfg = load_checkpoint(args.checkpoint)
     cfg = apply_overrides(cfg, args.overrides)

@@ -10,8 +10,6 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-import dml.slurm  # noqa: F401  (the ${dml.slurm_gpus:...} resolver of hydra/launcher=slurm)
-
 # The package's configs: in a checkout dml/conf links to the top-level conf/; a wheel holds a copy.
 # `--config-dir DIR` adds a user's own config folder (new groups, or files that override ours).
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -24,7 +22,7 @@ _resumed_from: Path | None = None
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from dml.cli.errors import exit_on_user_error
-    from dml.training import train
+    from dml.train.run import train
 
     if cfg.get("trial"):  # a study's trial: its sweeper reads the outcome, errors included
         return train(cfg)
@@ -120,8 +118,10 @@ def user_config_dirs(run_dir: Path) -> list[str]:
 
 def main() -> None:
     from dml.cli.errors import exit_on_user_error
+    from dml.runs.run_dir import register_resolvers
 
     global _resumed_from
+    register_resolvers()  # before Hydra composes the config that names them
     with exit_on_user_error():
         argv = resume_argv(sys.argv[1:])
     if argv != sys.argv[1:]:

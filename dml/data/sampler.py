@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 from dml.errors import DatasetError
-from dml.seeding import epoch_seed
+from dml.train.seeding import epoch_seed
 
 
 class PKBatchSampler(Sampler[list[int]]):

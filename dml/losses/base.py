@@ -11,7 +11,7 @@ replaces the miner, as pytorch-metric-learning's ``indices_tuple``. A batch with
 tuple returns ``embeddings.sum() * 0``, a zero that still backpropagates.
 
 Triplet and pair losses also take ``references`` (:class:`References`: embeddings and labels of
-a cross-batch memory, see :mod:`dml.losses.memory`): the matrix is then B×N, anchors are the
+a cross-batch memory, see :mod:`dml.losses.wrappers.xbm`): the matrix is then B×N, anchors are the
 batch's rows, positives and negatives the references (``ref_emb``/``ref_labels`` of
 pytorch-metric-learning), and tuple members index the references.
 
@@ -156,9 +156,19 @@ class DMLLoss(nn.Module, ABC):
     the result it is given; those whose ``compute`` takes ``references`` (triplet and pair
     losses) set ``takes_references``. A loss with a schedule (a memory's warm-up) overrides
     :meth:`set_epoch`, which the LightningModule calls at the start of every training epoch.
+
+    What the run and the LightningModule ask of a loss, instead of its class:
+    :attr:`mines_tuples` and :attr:`buffers_from_global_batch`.
     """
 
     takes_references: ClassVar[bool] = False
+    #: True if the loss forms its tuples within the batch, so a batch needs P >= 2 classes of
+    #: K >= 2 images each (checked before training); False for one that trains on any batch.
+    mines_tuples: ClassVar[bool] = True
+    #: True if this module's own buffers (not its children's) are built from the global batch of
+    #: all ranks (a memory that enqueues it): identical on every rank under cross-rank mining, so
+    #: DDP does not broadcast them, and refused under DDP without cross-rank mining.
+    buffers_from_global_batch: ClassVar[bool] = False
 
     def forward(self, embeddings: Tensor, labels: Tensor,
                 indices: Triplets | Pairs | None = None) -> Tensor:

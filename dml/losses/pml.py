@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -36,6 +36,8 @@ class PMLLoss(DMLLoss):
     expose per-term losses, so ``active_fraction`` is not reported. Parameters of the PML loss
     (proxies, for instance) are parameters of this module.
     """
+
+    mines_tuples: ClassVar[bool] = False  # a proxy loss, or a PML miner of its own: any batch
 
     def __init__(
         self,

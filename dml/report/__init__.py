@@ -8,8 +8,8 @@ from dml.report.diagrams import (
 )
 from dml.report.dynamics import RunDynamics, read_dynamics
 from dml.report.make import Report, ReportError, make_report
-from dml.report.runs import Run, RunFileError, collect_runs, latest_sweep
 from dml.report.table import Cell, group_runs
+from dml.runs.records import Run, RunFileError, collect_runs, latest_sweep
 
 __all__ = [
     "Cell",

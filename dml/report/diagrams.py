@@ -1,6 +1,7 @@
-"""Triplet diagrams saved by :class:`dml.callbacks.triplet_diagram.TripletDiagram`, read back from
-run directories and laid out side by side (strategies × epochs); :func:`draw_triplet_diagram`
-draws one histogram, for these grids and for the callback's own figure of an epoch."""
+"""Triplet diagrams saved by :class:`dml.train.callbacks.triplet_diagram.TripletDiagram`, read
+back from run directories and laid out side by side (strategies × epochs);
+:func:`draw_triplet_diagram` draws one histogram, for these grids and for the callback's own
+figure of an epoch."""
 
 from __future__ import annotations
 

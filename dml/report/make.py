@@ -9,18 +9,9 @@ from pathlib import Path
 
 from dml.report.diagrams import diagram_grid, first_seed_diagrams
 from dml.report.dynamics import dynamics_markdown
+from dml.report.labels import common_settings, rows_kept_apart, source_names
 from dml.report.paper import SOURCE
 from dml.report.plot import bar_plot
-from dml.report.runs import (
-    Run,
-    collect_runs,
-    common_settings,
-    join_runs,
-    rows_kept_apart,
-    source_names,
-    sweep_command,
-    sweep_wall_time,
-)
 from dml.report.stats import ALPHA
 from dml.report.study_plots import effect_plot
 from dml.report.table import (
@@ -36,7 +27,8 @@ from dml.report.table import (
     write_comparisons_csv,
     write_runs_csv,
 )
-from dml.run_dir import interruption
+from dml.runs.records import Run, collect_runs, join_runs, sweep_command, sweep_wall_time
+from dml.runs.run_dir import interruption
 
 
 class ReportError(RuntimeError):
@@ -83,7 +75,7 @@ def make_report(
     ``effects.png``).
 
     ``sweep_dir`` may be a list of directories: their runs are pooled into one table (see
-    :func:`~dml.report.runs.cell_labels` for how rows stay apart); ``out_dir`` then defaults to
+    :func:`~dml.report.labels.cell_labels` for how rows stay apart); ``out_dir`` then defaults to
     ``multirun/report-<name>+<name>...`` (never inside one of them).
     """
     dirs = [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(d) for d in sweep_dir]

@@ -20,7 +20,6 @@ from typing import Any
 from optuna.distributions import BaseDistribution
 
 from dml.report.dynamics import RunDynamics, read_dynamics
-from dml.report.runs import RunFileError, find_studies, read_run_file
 from dml.report.stats import ALPHA, Family, family, format_comparison, mean_ci
 from dml.report.study_plots import curves_plot, effect_plot
 from dml.report.table import (
@@ -29,6 +28,7 @@ from dml.report.table import (
     rows_to_markdown,
     write_comparisons_csv,
 )
+from dml.runs.records import RunFileError, find_studies, read_run_file
 from dml.tune.edges import EDGE_FRACTION, position, range_edges, study_space
 
 

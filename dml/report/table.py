@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dml.report.labels import cell_labels
 from dml.report.paper import published_recall_at_1
-from dml.report.runs import Run, cell_labels
 from dml.report.stats import Family, family, format_comparison
+from dml.runs.records import Run
 
 FIRST_METRICS = ("recall@1", "map@r")
 NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}

@@ -1,5 +1,5 @@
 """Whether a running trial is alive: a live job holds its run directory's lock
-(:mod:`dml.run_dir`), and its sweeper process recorded ``host:pid`` when it asked for it."""
+(:mod:`dml.runs.run_dir`), and its sweeper process recorded ``host:pid`` when it asked for it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 
 from dml.files import locked
-from dml.run_dir import LOCK_FILE
+from dml.runs.run_dir import LOCK_FILE
 
 
 def lock_held(run_dir: Path) -> bool:
-    """Whether a live run holds ``run_dir`` (its ``.dml.lock``, see :mod:`dml.run_dir`)."""
+    """Whether a live run holds ``run_dir`` (its ``.dml.lock``, see :mod:`dml.runs.run_dir`)."""
     lock = run_dir / LOCK_FILE
     if not lock.exists():
         return False

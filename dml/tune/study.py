@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import ConfigError, DivergenceError, UserError
 from dml.files import write_text_atomic
-from dml.report.runs import chosen_wrappers, strategy_name
-from dml.run_dir import holds_run
+from dml.runs.records import chosen_wrappers, strategy_name
+from dml.runs.run_dir import resume_overrides
 from dml.tune.edges import range_edges
 from dml.tune.liveness import lock_held, sweeper_gone, sweeper_id
 from dml.tune.settings import (
@@ -172,7 +172,7 @@ class Study:
             f"+trial.objective={s.objective}",
             "test=false",
             *self._last_epoch(),
-            *(["ckpt_path=last"] if holds_run(run_dir) else []),
+            *resume_overrides(run_dir),
             *(["data.val_fold=" + str(fold)] if fold is not None else []),
             *self._group(),
             f"hydra.sweep.subdir={override_value(where)}",
@@ -308,7 +308,7 @@ class Study:
                 jobs.append([
                     *self.fixed, *overrides(values), f"seed={seed}", "test=true",
                     "data.val_holdout=0", "data.val_folds=0",
-                    *(["ckpt_path=last"] if holds_run(run_dir) else []),
+                    *resume_overrides(run_dir),
                     *self._group(),
                     f"hydra.sweep.subdir={override_value(where)}",
                 ])

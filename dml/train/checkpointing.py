@@ -1,9 +1,10 @@
 """Checkpoints written atomically and read safely.
 
-Writing: a crash mid-write never leaves a truncated ``last.ckpt`` (temporary file, then rename).
-Reading: ``torch.load(weights_only=True)`` only, so a checkpoint cannot run code when it is
-opened; a file that is not a checkpoint, or is truncated, is one :class:`CheckpointError` that
-names it. Training never writes a checkpoint with a non-finite tensor (:func:`first_non_finite`).
+Writing (:class:`dml.train.checkpoint_io.SafeCheckpointIO`): a crash mid-write never leaves a
+truncated ``last.ckpt`` (temporary file, then rename). Reading (here, without Lightning):
+``torch.load(weights_only=True)`` only, so a checkpoint cannot run code when it is opened; a file
+that is not a checkpoint, or is truncated, is one :class:`CheckpointError` that names it. Training
+never writes a checkpoint with a non-finite tensor (:func:`first_non_finite`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dml.errors import CheckpointError
-from dml.files import write_atomic
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -75,21 +73,3 @@ def first_non_finite(named: Iterable[tuple[str, Any]]) -> str | None:
         return None
     overflowed = tensors[int((~finite_sums).nonzero()[0, 0])][0]
     return next((n for n, t in tensors if not bool(torch.isfinite(t).all())), overflowed)
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, saving atomically and loading with :func:`load_checkpoint_file`
-    (resume, and the validation / test of the selected checkpoint)."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
-    ) -> None:
-        write_atomic(
-            Path(path),
-            lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp, storage_options),
-        )
-
-    def load_checkpoint(
-        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        return load_checkpoint_file(path)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dml.errors import RunDirError
 from dml.files import locked, write_text_atomic
-from dml.slurm import record_job
+from dml.slurm import gpus_per_node, record_job
 
 
 def sweep_group() -> str | None:
@@ -37,7 +37,13 @@ def sweep_group() -> str | None:
     return str(HydraConfig.get().sweep.dir)
 
 
-OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
+def register_resolvers() -> None:
+    """Register ``${dml.sweep_group:}`` (:func:`sweep_group`), which ``conf/logger/default.yaml``
+    names, and ``${dml.slurm_gpus:...}`` (:func:`dml.slurm.gpus_per_node`), which
+    ``conf/hydra/launcher/slurm.yaml`` names; called before a run's config is resolved
+    (``dml-train``, :func:`dml.train.run.train`). Registering again replaces them."""
+    OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("dml.slurm_gpus", gpus_per_node, replace=True)
 
 LOCK_FILE = ".dml.lock"
 RECORDS = ("config.yaml", "metrics.json", "checkpoints")
@@ -46,6 +52,12 @@ RECORDS = ("config.yaml", "metrics.json", "checkpoints")
 def holds_run(run_dir: Path) -> bool:
     """True if a run has written its records in ``run_dir``."""
     return any((run_dir / name).exists() for name in RECORDS)
+
+
+def resume_overrides(run_dir: Path) -> list[str]:
+    """``["ckpt_path=last"]`` if ``run_dir`` holds a run (a job started there before an
+    interruption continues it), else ``[]``: how a study's jobs pick up their own runs."""
+    return ["ckpt_path=last"] if holds_run(run_dir) else []
 
 
 def is_launch_rank_zero() -> bool:

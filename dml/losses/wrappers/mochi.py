@@ -9,7 +9,7 @@ from torch import Tensor
 from dml.config_checks import check_int, check_range
 from dml.errors import ConfigError
 from dml.losses.base import DMLLoss, LossResult, References, check_wrappable
-from dml.losses.embedding_expansion import synthetic_fraction
+from dml.losses.wrappers.embedding_expansion import synthetic_fraction
 
 
 def draw_seed(torch_seed: int, calls: int) -> int:

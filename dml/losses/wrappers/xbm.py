@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -50,6 +51,8 @@ class CrossBatchMemory(DMLLoss):
     from the memory and ``memory_size`` its filling. ``mean_pairwise_sim`` (the collapse indicator)
     stays over the batch; the result's ``tuples`` are the batch term's.
     """
+
+    buffers_from_global_batch: ClassVar[bool] = True  # the memory: the same on every rank
 
     def __init__(self, loss: DMLLoss, size: int = 4096, embedding_dim: int = 128,
                  weight: float = 1.0, warmup_steps: int = 0, warmup_epochs: int = 0) -> None:

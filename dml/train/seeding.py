@@ -10,7 +10,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     ``epoch < 1_000_003`` and ``0 <= seed <= 4294``.
 
     Used by :class:`dml.data.sampler.PKBatchSampler` (the epoch's batch order) and
-    :class:`dml.models.module.DMLModule` (every global RNG at the epoch's start, through
+    :class:`dml.train.module.DMLModule` (every global RNG at the epoch's start, through
     Lightning's ``seed_everything``, which accepts ``[0, 2**32)`` only: the modulus keeps any
     ``seed`` valid, and changes nothing below 4295)."""
     return (seed * 1_000_003 + epoch) % 2**32

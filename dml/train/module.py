@@ -11,7 +11,6 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dml.checkpointing import first_non_finite
 from dml.distributed import (
     broadcast_object,
     gather_batch,
@@ -22,9 +21,9 @@ from dml.errors import ConfigError, DivergenceError
 from dml.eval import nmi, retrieval_metrics
 from dml.eval.retrieval import positive_ks
 from dml.losses.base import DMLLoss
-from dml.losses.memory import CrossBatchMemory
 from dml.models.backbone import EmbeddingNet
-from dml.seeding import epoch_seed
+from dml.train.checkpointing import first_non_finite
+from dml.train.seeding import epoch_seed
 
 DIVERGENCE_FIX = "lower optimizer.lr, set trainer.gradient_clip_val, or check the inputs"
 
@@ -33,11 +32,14 @@ class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; training stops with the batch that caused it named."""
 
 
-def memory_buffer_names(module: torch.nn.Module) -> list[str]:
-    """Fully qualified names of the buffers of every :class:`CrossBatchMemory` in ``module``."""
+def global_batch_buffer_names(module: torch.nn.Module) -> list[str]:
+    """Fully qualified names of the buffers of every loss in ``module`` that builds them from the
+    global batch (:attr:`~dml.losses.base.DMLLoss.buffers_from_global_batch`: a cross-batch
+    memory)."""
     return [
         f"{name}.{buffer}" if name else buffer
-        for name, sub in module.named_modules() if isinstance(sub, CrossBatchMemory)
+        for name, sub in module.named_modules()
+        if isinstance(sub, DMLLoss) and sub.buffers_from_global_batch
         for buffer, _ in sub.named_buffers(recurse=False)
     ]
 
@@ -50,8 +52,8 @@ class DMLModule(L.LightningModule):
     trains at the optimizer's LR and the head (and any loss parameters) at ``head_lr`` if given.
     A scheduler whose factory takes ``total_steps`` receives the run length in optimizer steps.
     Every training epoch starts from the RNG state ``epoch_seed(seed, epoch)``
-    (:mod:`dml.seeding`), so a run resumed from an epoch-end checkpoint continues exactly as the
-    uninterrupted run would have.
+    (:mod:`dml.train.seeding`), so a run resumed from an epoch-end checkpoint continues exactly as
+    the uninterrupted run would have.
 
     Under DDP, ``cross_rank_mining`` (default) computes the loss on the global batch of all ranks
     (:func:`dml.distributed.gather_batch`: same loss and gradients as one process on that batch);
@@ -90,7 +92,7 @@ class DMLModule(L.LightningModule):
         # A cross-batch memory is the same on every rank by construction (it enqueues the global
         # batch): DDP need not broadcast its megabytes before every step.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, memory_buffer_names(self))
+            self, global_batch_buffer_names(self))
         self.eval_metrics: dict[str, dict[str, float]] = {}
         #: True (dml-eval --one-shot): :meth:`_evaluate` also keeps the ``(embeddings, labels)``
         #: of each eval loader, in dataset order, in ``eval_embeddings["val" | "test"]``.
@@ -106,7 +108,8 @@ class DMLModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """A cross-batch memory under DDP must hold the global batch: its buffers are kept out of
         DDP's broadcast (see ``__init__``), so per-rank memories would silently drift apart."""
-        if memory_buffer_names(self) and not self.cross_rank_mining and self.trainer.world_size > 1:
+        distributed = self.trainer.world_size > 1
+        if global_batch_buffer_names(self) and not self.cross_rank_mining and distributed:
             raise ConfigError(
                 "memory=xbm under DDP keeps the global batch of all ranks: set "
                 "module.cross_rank_mining=true (or drop memory=)"

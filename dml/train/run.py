@@ -16,37 +16,23 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from dml.allocator import keep_freed_memory
-from dml.callbacks.wall_clock import WallClock
-from dml.checkpointing import SafeCheckpointIO, load_checkpoint_file
 from dml.errors import CheckpointError, ConfigError, RunDirError, RunInterrupted
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
-from dml.losses.pml import PMLLoss
-from dml.models import DMLModule
-from dml.run_dir import claim, is_launch_rank_zero, mark_interrupted, write_records
+from dml.losses.wrappers.compose import build_loss, check_wrappers
+from dml.runs.run_dir import (
+    claim,
+    is_launch_rank_zero,
+    mark_interrupted,
+    register_resolvers,
+    write_records,
+)
 from dml.slurm import cluster_plugins, requeued
-
-
-def build_loss(cfg: DictConfig) -> DMLLoss:
-    """The loss of a config: ``loss=...``, wrapped by ``synthesis=...`` and then ``memory=...``
-    when they are set."""
-    loss = instantiate(cfg.loss)
-    if not isinstance(loss, DMLLoss):
-        raise ConfigError(
-            f"loss._target_ builds a {type(loss).__name__}, not a dml.losses.DMLLoss: subclass "
-            "DMLLoss (README: Adding a loss), or wrap a pytorch-metric-learning loss with loss=pml"
-        )
-    if cfg.get("synthesis") and cfg.get("memory"):
-        raise ConfigError("memory= and synthesis= cannot be combined yet (the memory would hold "
-                          "real embeddings only): drop one of them")
-    if cfg.get("synthesis") and not cfg.model.get("normalize", True):
-        raise ConfigError("synthesis= makes unit-norm points: set model.normalize=true (or drop "
-                          "synthesis=)")
-    for wrapper in ("synthesis", "memory"):
-        if cfg.get(wrapper):
-            loss = instantiate(cfg[wrapper])(loss=loss)
-    return loss
+from dml.train.allocator import keep_freed_memory
+from dml.train.callbacks.wall_clock import WallClock
+from dml.train.checkpoint_io import SafeCheckpointIO
+from dml.train.checkpointing import load_checkpoint_file
+from dml.train.module import DMLModule
 
 
 def build_module(cfg: DictConfig) -> DMLModule:
@@ -71,24 +57,15 @@ def build_module(cfg: DictConfig) -> DMLModule:
 
 def check_batches_form_tuples(loss: torch.nn.Module, batch_p: int, batch_k: int) -> None:
     """A loss that mines tuples from the batch needs positives (K >= 2 images of a class) and
-    negatives (P >= 2 classes); otherwise every batch has no tuple and nothing trains. (The PML
-    bridge is not checked: a proxy loss trains on any batch.)"""
-    mines_tuples = isinstance(loss, DMLLoss) and not isinstance(loss, PMLLoss)
+    negatives (P >= 2 classes); otherwise every batch has no tuple and nothing trains. (A loss
+    that does not :attr:`~dml.losses.base.DMLLoss.mines_tuples`, the PML bridge, is not checked:
+    a proxy loss trains on any batch.)"""
+    mines_tuples = isinstance(loss, DMLLoss) and loss.mines_tuples
     if mines_tuples and (batch_k < 2 or batch_p < 2):
         raise ConfigError(
             f"data.batch_p={batch_p} classes × data.batch_k={batch_k} images per batch form "
             f"no {type(loss).__name__} tuple (a positive needs K >= 2, a negative P >= 2)"
         )
-
-
-def check_wrappers(module: DMLModule, batch: int) -> None:
-    """The loss's wrappers fit the run (a cross-batch memory holds a batch of the model's
-    embeddings), checked before the run writes anything rather than at its first step."""
-    from dml.losses.memory import CrossBatchMemory
-
-    for wrapper in module.loss.modules():
-        if isinstance(wrapper, CrossBatchMemory):
-            wrapper.check_fits(batch, module.net.embedding_dim)
 
 
 def trial_reporter(cfg: DictConfig) -> L.Callback | None:
@@ -250,10 +227,11 @@ def stop_interrupted(run_dir: Path, epoch: int, primary: bool) -> NoReturn:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, pick the best validation checkpoint, test it; returns what metrics.json holds.
 
-    The run directory is claimed first (:func:`dml.run_dir.claim`): a second run cannot write
+    The run directory is claimed first (:func:`dml.runs.run_dir.claim`): a second run cannot write
     into it, and nothing is written there before the data, model, loss and resume checkpoint
     have passed their checks. A SLURM job requeued after preemption or its time limit resumes the
     run its first start began there (:mod:`dml.slurm`)."""
+    register_resolvers()  # the config is resolved below (a caller may not have composed it here)
     run_dir = Path(cfg.run_dir)
     if requeued(run_dir):  # SLURM started this job again: it continues its own run
         if (run_dir / "metrics.json").exists():  # requeued after the run had finished
@@ -282,7 +260,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg)
     check_batches_form_tuples(module.loss, datamodule.batch_p, datamodule.batch_k)
-    check_wrappers(module, datamodule.batch_p * datamodule.batch_k)
+    check_wrappers(module.loss, datamodule.batch_p * datamodule.batch_k, module.net.embedding_dim)
     ckpt_path, change = resume_checkpoint(cfg, run_dir, module)
     if primary:
         write_records(run_dir, cfg)
