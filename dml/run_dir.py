@@ -26,19 +26,6 @@ from dml.errors import RunDirError
 from dml.files import locked, write_text_atomic
 from dml.slurm import record_job
 
-
-def sweep_group() -> str | None:
-    """``${dml.sweep_group:}``: the sweep directory of a ``-m`` job (its W&B group), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return str(HydraConfig.get().sweep.dir)
-
-
-OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
-
 LOCK_FILE = ".dml.lock"
 RECORDS = ("config.yaml", "metrics.json", "checkpoints")
 

@@ -24,8 +24,10 @@ from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.pml import PMLLoss
 from dml.models import DMLModule
+from dml.provenance import provenance
 from dml.run_dir import claim, is_launch_rank_zero, mark_interrupted, write_records
 from dml.slurm import cluster_plugins, requeued
+from dml.wandb_run import run_id
 
 
 def build_loss(cfg: DictConfig) -> DMLLoss:
@@ -296,9 +298,11 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     if reporter is not None:
         callbacks["trial_reporter"] = reporter
     callbacks["wall_clock"] = clock = WallClock(start)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    made_by = provenance()
+    loggers = [instantiate(c, **run_id(c, run_dir, primary))
+               for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:  # so W&B / CSV can filter and group runs by any config value
-        logger.log_hyperparams(module.config)
+        logger.log_hyperparams({**module.config, "provenance": made_by})
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(run_dir),
@@ -322,6 +326,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
             result["test"] = module.eval_metrics.get("test", {})
         result["epochs"] = trainer.current_epoch
         result["wall_time_s"] = round(clock.elapsed(), 1)
+        result["provenance"] = made_by
         if trainer.is_global_zero:
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             mark_interrupted(run_dir, None)
