@@ -6,6 +6,7 @@ the commits a table was made from (:func:`code_label`)."""
 
 from __future__ import annotations
 
+import json
 import platform
 import socket
 import subprocess
@@ -77,3 +78,7 @@ def code_label(record: dict[str, Any] | None) -> str | None:
     if record.get("commit"):
         return record["commit"][:12] + ("+dirty" if record.get("dirty") else "")
     return f"dml {record.get('dml')}"
+
+
+if __name__ == "__main__":  # python -m dml.provenance: what a run started now would record
+    print(json.dumps(provenance(), indent=2))

@@ -2,6 +2,8 @@
 ``installed`` fixture) finds its configs from any directory, and a user's own config directory
 (``--config-dir``) adds options to our groups."""
 
+import json
+
 from .training_utils import REPO, TINY, run_installed
 
 
@@ -18,7 +20,9 @@ def test_installed_dml_train_runs_from_another_directory(installed, tmp_path):
     proc = run_installed(installed, tmp_path, "-m", "dml.cli.train", *TINY,
                          "trainer.max_epochs=1", "hydra.run.dir=run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    provenance = json.loads((tmp_path / "run" / "metrics.json").read_text())["provenance"]
+    assert provenance["commit"] is None and provenance["dirty"] is None  # no git: the version
+    assert provenance["dml"] == "0.1.0" and provenance["torch"]
 
 
 def test_a_users_config_dir_adds_options_to_our_groups(installed, tmp_path):
