@@ -16,6 +16,8 @@ from typing import Any
 
 import dml
 
+#: The folders of a checkout whose files make a run: the package, its configs, the sweeper.
+CODE = ("dml", "conf", "hydra_plugins")
 #: The libraries whose versions change what a run computes.
 LIBRARIES = ("torch", "lightning", "timm", "optuna")
 
@@ -32,14 +34,14 @@ def _git(root: Path, *args: str) -> str | None:
 def code_version() -> dict[str, Any]:
     """``{"dml": version, "commit": sha or None, "dirty": bool or None}``: the commit of the git
     checkout holding the imported ``dml`` package (None for an installed wheel: then only the
-    version tells the code), dirty when a tracked file differs from it or an untracked,
-    unignored file is there."""
+    version tells the code), dirty when a file under :data:`CODE` differs from it or is new
+    there (not ignored): the outputs of runs and studies in the checkout do not count."""
     root = Path(dml.__file__).resolve().parent.parent
     top = _git(root, "rev-parse", "--show-toplevel")
     commit = dirty = None
     if top is not None and Path(top).resolve() == root:  # not a venv inside some repository
         commit = _git(root, "rev-parse", "HEAD")
-        status = _git(root, "status", "--porcelain")
+        status = _git(root, "status", "--porcelain", "--", *CODE)
         dirty = None if status is None else bool(status)
     return {"dml": dml.__version__, "commit": commit, "dirty": dirty}
 

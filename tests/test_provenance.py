@@ -55,6 +55,7 @@ def train(repo: Path, cwd: Path, run_dir: str) -> dict:
 def test_runs_record_their_commit_and_dirty_flag_and_the_report_warns_when_they_mix(tmp_path):
     repo = checkout(tmp_path / "repo")
     head = git(repo, "rev-parse", "HEAD")
+    (repo / "notes.txt").write_text("not code: a new file outside dml/, conf/, hydra_plugins/\n")
     clean = train(repo, tmp_path, "sweep/clean")
     assert clean["dml"] == "0.1.0" and (clean["commit"], clean["dirty"]) == (head, False)
     assert clean["python"] == platform.python_version() and clean["host"] == socket.gethostname()
