@@ -7,6 +7,7 @@ the commits a table was made from (:func:`code_label`)."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -18,6 +19,8 @@ import dml
 
 #: The folders of a checkout whose files make a run: the package, its configs, the sweeper.
 CODE = ("dml", "conf", "hydra_plugins")
+#: Where an install without its git repository may be told its commit (docker build --build-arg).
+COMMIT_VARIABLE = "DML_COMMIT"
 #: The libraries whose versions change what a run computes.
 LIBRARIES = ("torch", "lightning", "timm", "optuna")
 
@@ -33,9 +36,10 @@ def _git(root: Path, *args: str) -> str | None:
 
 def code_version() -> dict[str, Any]:
     """``{"dml": version, "commit": sha or None, "dirty": bool or None}``: the commit of the git
-    checkout holding the imported ``dml`` package (None for an installed wheel: then only the
-    version tells the code), dirty when a file under :data:`CODE` differs from it or is new
-    there (not ignored): the outputs of runs and studies in the checkout do not count."""
+    checkout holding the imported ``dml`` package (an install without git: ``$DML_COMMIT`` if
+    its builder set it, else None and only the version tells the code), dirty when a file under
+    :data:`CODE` differs from it or is new there (not ignored): the outputs of runs and studies
+    in the checkout do not count."""
     root = Path(dml.__file__).resolve().parent.parent
     top = _git(root, "rev-parse", "--show-toplevel")
     commit = dirty = None
@@ -43,6 +47,8 @@ def code_version() -> dict[str, Any]:
         commit = _git(root, "rev-parse", "HEAD")
         status = _git(root, "status", "--porcelain", "--", *CODE)
         dirty = None if status is None else bool(status)
+    else:  # an install without its repository, e.g. the Docker image (docker/Dockerfile)
+        commit = os.environ.get(COMMIT_VARIABLE) or None
     return {"dml": dml.__version__, "commit": commit, "dirty": dirty}
 
 

@@ -59,7 +59,7 @@ def make_install(steps: list[tuple[str, str]]) -> list[str]:
 def test_dockerfile_parses_into_known_instructions_from_a_cuda_runtime(steps):
     assert {i for i, _ in steps} <= INSTRUCTIONS
     assert [i for i, _ in steps].count("FROM") == 1
-    args = dict(re.match(r"(\w+)=(\S+)", a).groups() for i, a in steps if i == "ARG" and "=" in a)
+    args = dict(re.match(r"(\w+)=(\S*)", a).groups() for i, a in steps if i == "ARG" and "=" in a)
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], dict(steps)["FROM"])
     assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+", base), base
     assert steps[-1][0] == "CMD"
@@ -123,6 +123,15 @@ def test_the_image_runs_as_a_user_who_owns_the_work_and_cache_dirs(steps):
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for i, a in steps if i == "ENV")))
     for folder in (workdir, env["DML_CACHE_DIR"]):
         assert re.search(rf"chown {user}(:{user})? .*{re.escape(folder)}\b", created[0]), folder
+
+
+def test_the_image_tells_its_runs_the_commit_it_was_built_from(steps):
+    """The image holds no git repository: ``--build-arg DML_COMMIT=...`` becomes the environment
+    variable a run reads (dml.provenance; tests/test_install.py runs the wheel with it)."""
+    assert ("ARG", "DML_COMMIT=") in steps
+    assert ("ENV", "DML_COMMIT=${DML_COMMIT}") in steps
+    assert "--build-arg DML_COMMIT=$(git rev-parse HEAD)" in (REPO / "docker" / "README.md"
+                                                               ).read_text()
 
 
 def test_copies_everything_the_install_needs_and_dockerignore_keeps_it(steps):

@@ -33,8 +33,11 @@ def test_a_users_config_dir_adds_options_to_our_groups(installed, tmp_path):
     )
     proc = run_installed(installed, tmp_path, "-m", "dml.cli.train",
                          f"--config-dir={tmp_path / 'my_conf'}", "loss=my_triplet", *TINY,
-                         "trainer.max_epochs=1", "test=false", "hydra.run.dir=run")
+                         "trainer.max_epochs=1", "test=false", "hydra.run.dir=run",
+                         DML_COMMIT="0123abcd")  # as the Docker image tells its commit
     assert proc.returncode == 0, proc.stderr[-3000:]
+    provenance = json.loads((tmp_path / "run" / "metrics.json").read_text())["provenance"]
+    assert (provenance["commit"], provenance["dirty"]) == ("0123abcd", None)
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "margin: 0.05" in config and "MarginTripletLoss" in config
     resumed = run_installed(installed, tmp_path, "-m", "dml.cli.train",

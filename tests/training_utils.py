@@ -41,8 +41,11 @@ def install_wheel(src: Path, base: Path) -> Path:
     return site
 
 
-def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python *args`` in ``cwd`` with the package installed in ``site`` first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+def run_installed(site: Path, cwd: Path, *args: str,
+                  **env_vars: str) -> subprocess.CompletedProcess:
+    """``python *args`` in ``cwd`` with the package installed in ``site`` first on the path
+    (and ``env_vars`` in its environment)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "DML_COMMIT"},
+           "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
