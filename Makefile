@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed          ## create .venv and install the project; EXTRAS=slurm,faiss,pml
+install: $(VENV)/.installed          ## create .venv and install the project; EXTRAS=slurm,postgres,faiss,pml
 
 install-dev: $(VENV)/.installed-dev  ## ... with the test/lint/benchmark extras
 

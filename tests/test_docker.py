@@ -1,7 +1,8 @@
 """docker/Dockerfile, checked without a Docker engine: it parses, starts from a CUDA runtime image,
 installs with the Makefile's own `make install` (every dependency pinned by requirements.lock,
-the slurm, faiss and pml extras), runs as a user who is not root, and the files it copies (what
-its .dockerignore lets into the build context) install, and their wheel runs a study.
+the slurm, postgres, faiss and pml extras), runs as a user who is not root, and the files it
+copies (what its .dockerignore lets into the build context) install, and their wheel runs a
+study.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def test_install_is_the_makefiles_make_install_with_the_lock_and_the_extras(step
     variables = make_install(steps)
     assert "VENV=/opt/venv" in variables
     extras = dict(v.split("=", 1) for v in variables).get("EXTRAS", "").split(",")
-    assert set(extras) == {"slurm", "faiss", "pml"} <= set(PYPROJECT["project"]
-                                                           ["optional-dependencies"])
+    assert set(extras) == {"slurm", "postgres", "faiss", "pml"} <= set(
+        PYPROJECT["project"]["optional-dependencies"])
     pip = "/opt/venv/bin/python -m pip install -c requirements.lock -e"
     assert f'{pip} ".[{",".join(extras)}]"' in make_dry_run("install", REPO, *variables)
     readme = (REPO / "README.md").read_text()
