@@ -19,10 +19,12 @@ The model's input is a float32 ``N×C×H×W`` batch of such images (any ``N``); 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dml.data.transforms import TransformParams
 from dml.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from dml.data.transforms import TransformParams
 
 SPEC_VERSION = 1
 
