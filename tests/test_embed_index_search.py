@@ -119,3 +119,31 @@ def test_bad_inputs_are_one_line_errors(setup, capsys, tmp_path):
     err = one_line_error(capsys, dml_search, [str(tmp / "index"), str(setup["images"] /
                          "class0" / "0.png"), "--checkpoint", str(other)])
     assert "32 dimensions" in err and "16" in err
+
+
+def test_csv_and_data_config_inputs(setup, tmp_path):
+    ckpt, images = str(setup["ckpt"]), setup["images"]
+    rows = ["path,label", "class1/2.png,b", f"{images / 'class0' / '0.png'},a"]
+    (images / "list.csv").write_text("\n".join(rows) + "\n")
+    dml_embed([ckpt, "--csv", str(images / "list.csv"), "--out", str(tmp_path / "csv")])
+    dml_embed([ckpt, "--images", str(images), "--out", str(tmp_path / "folder")])
+    from_csv, from_folder = (np.load(tmp_path / d / "embeddings.npy") for d in ("csv", "folder"))
+    assert np.abs(from_csv - from_folder[[7, 0]]).max() <= SCORE_TOL
+    assert (tmp_path / "csv" / "items.csv").read_text().splitlines()[1].endswith(",b")
+    dml_embed([ckpt, "data=synthetic", "--split", "test", "--out", str(tmp_path / "data")])
+    meta = json.loads((tmp_path / "data" / "embed.json").read_text())
+    assert meta["count"] == meta["done"] == 4 * 6  # test_classes × images_per_class
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_print_their_recall(kind, setup, tmp_path, capsys):
+    tmp = setup["tmp"]
+    if not (tmp / "emb").exists():
+        dml_embed([str(setup["ckpt"]), "--images", str(setup["images"]), "--out", str(tmp / "emb")])
+    # exhaustive settings: every cell probed / a beam wider than the collection: recall 1
+    options = ["--nlist", "2", "--nprobe", "2"] if kind == "ivf" else ["--ef-search", "64"]
+    dml_index([str(tmp / "emb"), "--kind", kind, "--out", str(tmp_path / kind),
+               "--recall-k", "5", *options])
+    info = json.loads(capsys.readouterr().out)
+    assert info["recall@5"] == 1.0 and info["count"] == 20
+    assert (tmp_path / kind / "index.faiss").is_file()

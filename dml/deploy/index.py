@@ -116,6 +116,6 @@ def recall_at_k(index: Any, x: np.ndarray, k: int, queries: int, seed: int = 0) 
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
     q = np.ascontiguousarray(x[rows], dtype=np.float32)
     _, approx = index.search(q, k)
-    _, exact = exact_knn(torch.from_numpy(q), torch.from_numpy(np.asarray(x, np.float32)), k)
+    _, exact = exact_knn(torch.from_numpy(q), torch.from_numpy(np.array(x, np.float32)), k)
     hits = [len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist(), strict=True)]
     return sum(hits) / (k * len(rows))
