@@ -125,3 +125,41 @@ def test_export_of_conv4_matches_load_embedder_on_real_omniglot(fmt, conv4_omnig
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_of_resnet50_at_224_matches_load_embedder(fmt, resnet50_224, tmp_path):
     exported_embeddings(resnet50_224, fmt, tmp_path)
+
+
+def test_safetensors_export_rebuilds_the_network_with_timm(tmp_path):
+    import json as json_
+
+    import timm
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    ckpt = untrained_checkpoint(tmp_path / "model.ckpt", "data=synthetic")
+    dml_export([str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "st")])
+    path = tmp_path / "st" / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = {k: json_.loads(v) for k, v in f.metadata().items()}
+    assert meta["backbone"] == "resnet10t" and meta["embedding_dim"] == 16
+    state = load_file(str(path))
+    backbone = timm.create_model(meta["backbone"], num_classes=0, in_chans=meta["in_chans"])
+    head = torch.nn.Linear(backbone.num_features, meta["embedding_dim"])
+    backbone.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})
+    head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    x = torch.randn(3, meta["in_chans"], 16, 16)
+    want = dml.load_embedder(ckpt, device="cpu").net(x)
+    with torch.no_grad():
+        got = torch.nn.functional.normalize(head(backbone.eval()(x)), dim=1)
+    assert torch.allclose(got, want, atol=tolerance(12, 3 * 3 * 512))
+
+
+def test_onnx_without_the_extra_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(SystemExit) as info:
+        dml_export([str(tmp_path / "any.ckpt"), "--format", "onnx", "--out", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --format onnx needs the onnx package: pip install 'dml[onnx]' (or onnx "
+        "onnxruntime)"
+    )
+    assert not (tmp_path / "o").exists()
