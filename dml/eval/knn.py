@@ -161,19 +161,8 @@ def _torch_chunks(
     query: Tensor, gallery: Tensor, k: int, exclude_self: bool, chunk_size: int | None
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     n = gallery.shape[0]
-    for start, sims in score_blocks(query, gallery, k, exclude_self, chunk_size):
-        yield start, *top_k_of_scores(sims, k, n, exclude_self)
-
-
-def score_blocks(
-    query: Tensor, gallery: Tensor, k: int, exclude_self: bool, chunk_size: int | None
-) -> Iterator[tuple[int, Tensor]]:
-    """Step 1 of the torch backend: yields ``(start, S)`` per query chunk, ``S`` the
-    ``c x N'`` scores (a reused buffer: use it before the next one), ``N'`` a multiple of the
-    block size of a top-``k`` search (:func:`top_k_of_scores`); padding and, with
-    ``exclude_self``, the query's own column are ``-inf``."""
-    n = gallery.shape[0]
-    b = _block_size(n, min(k + 1, n - int(exclude_self)))
+    kk = min(k + 1, n - int(exclude_self))
+    b = _block_size(n, kk)
     n_pad = -(-n // b) * b
     if n_pad > n:
         gallery = torch.cat([gallery, gallery.new_zeros(n_pad - n, gallery.shape[1])])
@@ -186,16 +175,9 @@ def score_blocks(
         sims[:, n:] = -math.inf
         if exclude_self:
             _mask_self(sims, start)
-        yield start, sims
-
-
-def top_k_of_scores(sims: Tensor, k: int, n: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
-    """Steps 2-3 of the torch backend on a block of :func:`score_blocks` for the same ``k``:
-    the top-``k`` ``(similarities, indices)`` of each row under the tie rule."""
-    kk = min(k + 1, n - int(exclude_self))
-    b = _block_size(n, kk)
-    vals, idx = _block_topk(sims, kk, b) if b > 1 else sims.topk(kk, dim=1)
-    return _apply_tie_rule(vals, idx, k, n, lambda r, s=sims: s[r, :n])
+        vals, idx = _block_topk(sims, kk, b) if b > 1 else sims.topk(kk, dim=1)
+        vals, idx = _apply_tie_rule(vals, idx, k, n, lambda r, s=sims: s[r, :n])
+        yield start, vals, idx
 
 
 def _mask_self(sims: Tensor, start: int) -> None:

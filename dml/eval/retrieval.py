@@ -15,34 +15,20 @@ gallery item has the query's label. Ranking ties are broken by lower gallery ind
 Queries with ``R_i = 0`` have no defined value and are excluded from every metric; their count is
 not in the denominator, and ``num_queries`` (a float) reports how many queries were evaluated. If
 no query has ``R_i > 0`` every metric is NaN (with a warning) and ``num_queries`` is 0.
-
-Algorithm (torch backend): per query chunk, the score block of :func:`dml.eval.knn.score_blocks`
-gives the top-``max R`` neighbours (MAP@R, R-precision) and, for Recall@K at any K, the rank of
-the first relevant item: the relevant item of largest score (lowest index among equal scores),
-ranked by counting the items before it under the tie rule. No top-K search as deep as the
-largest K is needed. The faiss backend searches ``max(K, R)`` neighbours instead.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from numbers import Integral
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dml.eval.knn import (
-    ArrayLike,
-    Backend,
-    as_embeddings,
-    as_labels,
-    iter_knn,
-    score_blocks,
-    top_k_of_scores,
-)
+from dml.eval.knn import ArrayLike, Backend, as_embeddings, as_labels, iter_knn
 
 
 def positive_ks(ks: Sequence[int]) -> list[int]:
@@ -101,92 +87,26 @@ def retrieval_metrics(
     if n_valid == 0:
         warnings.warn("R = 0 for every query: metrics are NaN", RuntimeWarning, stacklevel=2)
         return {**dict.fromkeys(names, math.nan), "num_queries": 0.0}
+    k = min(max(*ks, int(r.max())), available)
+
     totals = torch.zeros(len(ks) + 2, dtype=torch.float64, device=query.device)
-    if backend == "torch":
-        chunks = _torch_chunks(
-            query, gallery, q_ids, g_ids, classes.numel(), leave_one_out, int(r.max()), chunk_size
-        )
-    else:
-        k = min(max(*ks, int(r.max())), available)
-        chunks = (
-            (start, idx, None)
-            for start, _, idx in iter_knn(
-                query, gallery, k, exclude_self=leave_one_out, chunk_size=chunk_size,
-                backend=backend,
-            )
-        )
-    for start, idx, first in chunks:
+    for start, _, idx in iter_knn(
+        query, gallery, k, exclude_self=leave_one_out, chunk_size=chunk_size, backend=backend
+    ):
         rows = slice(start, start + idx.shape[0])
-        hits = g_ids[idx] == q_ids[rows, None]
-        totals += _chunk_sums(hits, _first_hit(hits) if first is None else first, r[rows], ks)
+        totals += _chunk_sums(g_ids[idx] == q_ids[rows, None], r[rows], ks)
     means = (totals / n_valid).tolist()
     return {**dict(zip(names, means, strict=True)), "num_queries": float(n_valid)}
 
 
-def _first_hit(hits: Tensor) -> Tensor:
-    """The rank (0-based) of the first relevant neighbour in each row of ``hits`` (the width of
-    ``hits`` if none is)."""
-    return torch.where(hits.any(dim=1), hits.to(torch.uint8).argmax(dim=1), hits.shape[1])
-
-
-def _torch_chunks(
-    query: Tensor,
-    gallery: Tensor,
-    q_ids: Tensor,
-    g_ids: Tensor,
-    n_classes: int,
-    leave_one_out: bool,
-    r_max: int,
-    chunk_size: int | None,
-) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """Per query chunk ``(start, top-R_max indices, rank of the first relevant item)``.
-
-    Recall@K needs only the rank of the first relevant item: the relevant item of largest score
-    (the lowest index among equal scores), whose rank under the tie rule is counted on the
-    chunk's score block. So the top-k search only goes as deep as the largest R (for MAP@R and
-    R-precision), whatever the Ks of Recall@K.
-    """
-    n = gallery.shape[0]
-    k = min(r_max, n - int(leave_one_out))
-    # members[c]: the gallery indices of class c in ascending order, padded (present = False)
-    order = torch.argsort(g_ids, stable=True)
-    counts = torch.bincount(g_ids, minlength=n_classes)
-    slot = torch.arange(int(counts.max()), device=g_ids.device)
-    present = slot < counts[:, None]
-    position = ((torch.cumsum(counts, 0) - counts)[:, None] + slot).clamp(max=n - 1)
-    members = torch.where(present, order[position], 0)
-    for start, sims in score_blocks(query, gallery, k, leave_one_out, chunk_size):
-        _, idx = top_k_of_scores(sims, k, n, leave_one_out)
-        chunk = q_ids[start : start + sims.shape[0]]
-        yield start, idx, _best_rank(sims, n, members[chunk], present[chunk])
-
-
-def _best_rank(sims: Tensor, n: int, members: Tensor, present: Tensor) -> Tensor:
-    """Rank (0-based, tie rule) of each row's best-scoring candidate among ``members``
-    (``c x m`` gallery indices, ascending; ``present`` masks the padding); self is ``-inf`` in
-    ``sims`` already. Rows without a finite candidate have R = 0 and are not used."""
-    scores = sims.gather(1, members).masked_fill_(~present, -math.inf)
-    best, arg = scores.max(dim=1)  # the first maximum: the lowest index among equal scores
-    best_index = members.gather(1, arg[:, None])
-    full = sims[:, :n]
-    rank = (full > best[:, None]).sum(dim=1)
-    equal = full == best[:, None]
-    tied = (equal.sum(dim=1) > 1).nonzero().squeeze(1)
-    if tied.numel():
-        cols = torch.arange(n, device=sims.device)
-        rank[tied] += (equal[tied] & (cols < best_index[tied])).sum(dim=1)
-    return rank
-
-
-def _chunk_sums(hits: Tensor, first: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
+def _chunk_sums(hits: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
     """Per-metric sums over the rows with ``r > 0``: ``[recall@K for ks..., AP@R, R-precision]``.
 
-    ``hits[i, j]`` is whether the ``j``-th neighbour of query ``i`` is relevant (``j < R_i`` at
-    least), ``first[i]`` the rank of its first relevant neighbour, ``r[i]`` its R.
+    ``hits[i, j]`` is whether the ``j``-th neighbour of query ``i`` is relevant; ``r[i]`` its R.
     """
     valid = r > 0
-    hits, first, r = hits[valid], first[valid], r[valid]
-    recalls = [(first < k).sum() for k in ks]
+    hits, r = hits[valid], r[valid]
+    recalls = [hits[:, :k].any(dim=1).sum() for k in ks]
     width = int(r.max()) if r.numel() else 0
     rank = torch.arange(1, width + 1, device=hits.device)
     relevant = hits[:, :width] & (rank <= r[:, None])
