@@ -67,6 +67,7 @@ def build_module(cfg: DictConfig) -> DMLModule:
         scheduler=scheduler,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
+        eval_backend=cfg.get("eval", {}).get("backend", "torch"),  # older runs: no eval group
         **cfg.module,
     )
 
