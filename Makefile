@@ -1,24 +1,26 @@
 # Two commands a researcher needs: `make train` and `make test`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip install -c constraints.txt
+LOCK   := requirements.lock
+PIP    := $(PY) -m pip install -c $(LOCK)
+EXTRAS ?=
 ARGS   ?=
 
-.PHONY: install install-dev train test lint bench gpu-check clean
+.PHONY: install install-dev train test lint bench gpu-check lock clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
-$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
-	$(PIP) -e .
+$(VENV)/.installed: $(PY) pyproject.toml $(LOCK)
+	$(PIP) -e "$(if $(EXTRAS),.[$(EXTRAS)],.)"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed          ## create .venv and install the project
+install: $(VENV)/.installed          ## create .venv and install the project; EXTRAS=slurm,postgres,faiss,pml
 
 install-dev: $(VENV)/.installed-dev  ## ... with the test/lint/benchmark extras
 
@@ -36,6 +38,10 @@ bench: install-dev                    ## all benchmarks (print ratios against th
 
 gpu-check: install                    ## on a CUDA machine, before a long cluster job (~5 min); ARGS="--compile"
 	$(PY) -m dml.cli.gpu_check $(ARGS)
+
+lock: install-dev                     ## re-pin every dependency after editing pyproject.toml or constraints.txt
+	$(PY) -m uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
+		-c constraints.txt -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs multirun outputs

@@ -8,7 +8,7 @@ Each contender runs in its own process (time and peak RSS growth above the loade
 * faiss: ``IndexFlatIP.search`` with the same k (1000 neighbours + the query itself), k-NN only;
 * PML:   ``AccuracyCalculator(k=1000)`` computing the same metrics (faiss k-NN inside).
 
-Bars: time <= 1.5x faiss, faster than PML, peak <= 2 GB. Usage:
+Bars: time <= 1.0x faiss, faster than PML, peak <= 2 GB. Usage:
 ``python benchmarks/bench_retrieval_sop.py [--repeats 2] [--scale 1.0]``.
 """
 
@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender (min time)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the SOP size")
+    parser.add_argument("--no-pml", action="store_true", help="ours and faiss only (PML is slow)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_data(Path(tmp), args.scale)
@@ -138,19 +139,22 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
             runs["ours"].append(_common.measure(load_ours, run_ours, *paths))
             runs["faiss"].append(_common.measure(load_faiss, run_faiss, *paths))
-            runs["pml"].append(_common.measure(load_pml, run_pml, *paths))
-    ours, faiss_, pml = (_common.best(runs[name]) for name in ("ours", "faiss", "pml"))
+            if not args.no_pml:
+                runs["pml"].append(_common.measure(load_pml, run_pml, *paths))
+    ours, faiss_ = _common.best(runs["ours"]), _common.best(runs["faiss"])
     _common.report("faiss IndexFlatIP (k-NN only)", faiss_)
-    _common.report("PML AccuracyCalculator", pml)
     _common.report("ours retrieval_metrics", ours, faiss_, "faiss")
-    _common.report("ours retrieval_metrics", ours, pml, "PML")
     print("ours:", {k: round(v, 4) for k, v in ours.result.items()})
-    print("PML: ", {k: round(v, 4) for k, v in pml.result.items()})
     bars = {
-        "time <= 1.5x faiss": ours.seconds <= 1.5 * faiss_.seconds,
-        "faster than PML": ours.seconds < pml.seconds,
+        "time <= 1.0x faiss": ours.seconds <= faiss_.seconds,
         "peak <= 2 GB above the embeddings": ours.peak_bytes <= 2 * 2**30,
     }
+    if runs["pml"]:
+        pml = _common.best(runs["pml"])
+        _common.report("PML AccuracyCalculator", pml)
+        _common.report("ours retrieval_metrics", ours, pml, "PML")
+        print("PML: ", {k: round(v, 4) for k, v in pml.result.items()})
+        bars["faster than PML"] = ours.seconds < pml.seconds
     for bar, ok in bars.items():
         print(f"bar {bar}: {'PASS' if ok else 'FAIL'}")
 

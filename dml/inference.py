@@ -13,6 +13,7 @@ from PIL import Image
 from dml.errors import CheckpointError
 from dml.models import EmbeddingNet
 from dml.moved_targets import current_targets
+from dml.progress import progress_bar
 from dml.train.checkpointing import first_non_finite, load_checkpoint_file
 from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
 
@@ -77,7 +78,7 @@ def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:
 
 class Embedder:
     """Maps a list of PIL images to an ``(N, d)`` tensor of L2-normalised embeddings, applying the
-    run's evaluation transform; batched, no gradients."""
+    run's evaluation transform; batched, no gradients, a progress bar on a terminal."""
 
     def __init__(
         self,
@@ -92,7 +93,7 @@ class Embedder:
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         out = []
-        for i in range(0, len(images), self.batch_size):
+        for i in progress_bar(range(0, len(images), self.batch_size), "embedding", unit="batch"):
             x = torch.stack([self.transform(img) for img in images[i : i + self.batch_size]])
             out.append(self.net(x.to(self.device)).float().cpu())
         if not out:

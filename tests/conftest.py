@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny on-disk datasets in the official layouts."""
+"""Shared fixtures: tiny on-disk datasets in the official layouts; the installed wheel."""
 
 from __future__ import annotations
 
@@ -101,3 +101,15 @@ def _slurm_cluster(request: pytest.FixtureRequest) -> None:
     if os.environ.get("DML_SLURM") == "1":
         pytest.fail(f"DML_SLURM=1 but {reason}: .ci/cluster.sh start did not work", pytrace=False)
     pytest.skip(f"{reason}; as root: .ci/cluster.sh start")
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Path:
+    """The wheel of exactly the files docker/Dockerfile copies (what the image installs),
+    installed with pip into a folder of its own (building in the checkout would leave build/
+    there); run code from it with ``training_utils.run_installed``."""
+    from .dockerfile import build_context
+    from .training_utils import install_wheel
+
+    base = tmp_path_factory.mktemp("install")
+    return install_wheel(build_context(base / "src"), base)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dml.runs.run_dir import register_resolvers
 from dml.train import launch
+from dml.wandb_run import group_name
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SBATCH = """#!/bin/sh
@@ -111,9 +112,9 @@ def test_docs_sweep_is_one_array_job_of_multi_gpu_ddp_tasks(submitted):
 
 
 def test_every_job_of_the_docs_sweep_composes_for_ddp_and_wandb(submitted, hydra_runtime):
-    argv, options, jobs = submitted
+    _, options, jobs = submitted
     for job in jobs:
-        cfg = compose_job(job)
+        cfg = compose_job(job, mode="MULTIRUN", **{"sweep.dir": "/scratch/multirun/x"})
         world = cfg.trainer.devices * cfg.trainer.num_nodes
         assert world == int(options["ntasks-per-node"]) * int(options["nodes"])
         assert cfg.trainer.strategy._target_ == "dml.train.launch.job_ddp_strategy"
@@ -121,8 +122,10 @@ def test_every_job_of_the_docs_sweep_composes_for_ddp_and_wandb(submitted, hydra
         assert cfg.module.cross_rank_mining is True
         choice = cfg.hydra.runtime.choices.loss
         wandb = cfg.logger.wandb
-        assert wandb.offline is False and wandb.group == sweep_values(argv, "logger.wandb.group")[0]
-        assert wandb.job_type == choice and wandb.name == f"{choice}-seed{cfg.seed}"
+        assert wandb.offline is False and wandb.group == group_name("/scratch/multirun/x")
+        assert wandb.job_type == "train" and wandb.name == f"{choice}-seed{cfg.seed}"
+        assert list(wandb.tags) == [f"loss={choice}", "memory=none", "synthesis=none",
+                                    "data=cub200", f"seed={cfg.seed}"]
         assert cfg.loss._target_.startswith("dml.losses")
 
 

@@ -28,8 +28,10 @@ from dml.losses.wrappers.compose import build_loss
 from dml.tune.settings import default_values
 from dml.tune.space import check_space, distributions, overrides
 from dml.tune.storage import open_storage
+from dml.wandb_run import group_name
 
 from .training_utils import REPO, TINY
+from .wandb_offline import wandb_run_record
 
 SPACES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
@@ -253,28 +255,6 @@ def test_the_datamodule_validates_on_one_fold_and_trains_on_the_others():
 
 
 # -- W&B: a sweep's or a study's runs form one group ------------------------------------------
-def wandb_run_record(run_dir: Path):
-    """The ``run`` record of the offline W&B run in ``run_dir``, read from its ``.wandb`` file
-    (a LevelDB-format log of protobuf records: 32 KiB blocks, 7-byte record headers)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, pos, block, pending = path.read_bytes(), 7, 32768, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        pending = (b"" if kind in (1, 2) else pending) + data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last fragment of one
-            record = pb.Record()
-            record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "run":
-                return record.run
-    raise AssertionError(f"no run record in {path}")
-
-
 def test_a_study_retrains_its_best_and_default_settings_in_one_wandb_group(tmp_path):
     # edge_fraction 0.5: every numeric value of the best trial lies at a range edge (the
     # arithmetic of the flag: tests/test_report_studies.py)
@@ -299,10 +279,16 @@ def test_a_study_retrains_its_best_and_default_settings_in_one_wandb_group(tmp_p
         assert "test" in metrics and "val" not in metrics  # all training classes, then test
     overrides_ = (tmp_path / "defaults_seed1" / ".hydra" / "overrides.yaml").read_text()
     assert "seed=1" in overrides_ and "loss.lam=1.0" in overrides_
-    for run_dir, seed in ((tmp_path / "trial_1", 0), (tmp_path / "defaults_seed1", 1)):
-        run = wandb_run_record(run_dir)  # every run of the study: one W&B group, its name
-        assert run.run_group == tmp_path.name
-        assert list(run.tags) == ["sct", f"seed={seed}"]
+    jobs = [("trial_1", 0, "trial", "sct-seed0-trial1"),
+            ("defaults_seed1", 1, "retrain-defaults", "sct-seed1"),
+            *((name, int(name[-1]), "retrain-best", f"sct-seed{name[-1]}")
+              for name in summary["runs"]["best"] if name.startswith("best"))]
+    for job, seed, job_type, name in jobs:
+        run = wandb_run_record(tmp_path / job)  # every run of the study: one W&B group
+        assert run.run_group == group_name(tmp_path)
+        assert (run.job_type, run.display_name) == (job_type, name)
+        assert list(run.tags) == ["loss=sct", "memory=none", "synthesis=none", "data=synthetic",
+                                  f"seed={seed}"]
 
 
 def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
@@ -311,8 +297,10 @@ def test_a_sweeps_runs_form_one_wandb_group_named_after_its_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, seed in (("0", 3), ("1", 4)):  # each job its own W&B run (not the first's)
         run = wandb_run_record(tmp_path / job)
-        assert run.run_group == str(tmp_path)
-        assert list(run.tags) == ["triplet_batchhard", f"seed={seed}"]
+        assert run.run_group == group_name(tmp_path)
+        assert (run.job_type, run.display_name) == ("train", f"triplet_batchhard-seed{seed}")
+        assert list(run.tags) == ["loss=triplet_batchhard", "memory=none", "synthesis=none",
+                                  "data=synthetic", f"seed={seed}"]
 
 
 def test_trials_run_as_separate_submitit_jobs(tmp_path):

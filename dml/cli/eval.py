@@ -4,6 +4,10 @@ The run's config comes from the checkpoint. Overrides change it: ``data=<name>``
 another dataset config of ``conf/data`` (as in ``dml-train``), dotted ones set single values, e.g.
 ``data.source.root=/data/omniglot``. The model always stays the checkpoint's.
 
+``--show N`` draws N queries of the split (the worst by precision@k and random ones) with their
+top-``--show-k`` neighbours, correct ones framed green and wrong ones red, into ``--show-path``
+(a PNG; its table of query and neighbour indices as JSON beside it).
+
 ``--one-shot N`` (Omniglot with ``data.source.merge_characters=1``) adds the one-shot N-way
 within-alphabet classification accuracy of Lake et al. (2015) on the split, ``one_shot@N``, and
 its number of trials, ``one_shot_trials``: ``--episodes`` seeded episodes (``--seed``), each
@@ -58,6 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--episodes", type=int, help="one-shot episodes (default 1000: N*1000 trials)"
     )
     p.add_argument("--seed", type=int, help="seed of the one-shot episodes (default 0)")
+    p.add_argument(
+        "--show",
+        type=int,
+        metavar="N",
+        help="also draw N queries (the worst by precision@k, and random ones) with their "
+        "top-k as a PNG grid, and its table as JSON",
+    )
+    p.add_argument("--show-k", type=int, default=5, help="neighbours per query in the grid")
+    p.add_argument(
+        "--show-path", type=Path, default=Path("retrieval_grid.png"), help="the grid's PNG file"
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -140,6 +155,38 @@ def check_one_shot(args: argparse.Namespace) -> None:
                           f"{args.episodes:,}")
 
 
+def check_show(args: argparse.Namespace) -> None:
+    """``--show N`` and ``--show-k`` are positive and ``--show-path`` writable (before loading)."""
+    if args.show is None:
+        return
+    check_int("--show", args.show, 1, "the queries drawn", 8)
+    check_int("--show-k", args.show_k, 1, "the neighbours drawn per query", 5)
+    check_output(args.show_path)
+
+
+def write_retrieval_grid(
+    args: argparse.Namespace, datamodule: DMLDataModule, parts: list[tuple[Tensor, Tensor]]
+) -> None:
+    """Draw ``--show`` queries of the evaluated split (``parts``: the module's embeddings and
+    labels of its loaders) into ``--show-path``, and write the grid's table next to it."""
+    from dml.eval.retrieval_grid import draw_retrieval_grid, retrieval_grid
+
+    names = ("query", "gallery") if len(parts) == 2 else (args.split, args.split)
+    (q, ql), (g, gl) = parts[0], parts[-1]
+    grid = retrieval_grid(q, ql, *((g, gl) if len(parts) == 2 else (None, None)), n=args.show,
+                          k=args.show_k)
+    datasets = [datamodule.datasets[name] for name in names]
+
+    def opener(dataset):
+        return lambda i: datamodule.source.load(dataset.records[i].item)
+
+    draw_retrieval_grid(grid, opener(datasets[0]), opener(datasets[1]), args.show_path)
+    table = [{**row, "query_item": str(datasets[0].records[row["query"]].item)}
+             for row in grid.table()]
+    args.show_path.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    print(f"retrieval grid: {args.show_path}", file=sys.stderr)
+
+
 def one_shot_episodes(
     datamodule: DMLDataModule, split: str, n_way: int, episodes: int, seed: int
 ) -> tuple[Tensor, Tensor]:
@@ -180,7 +227,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
                                      args.seed)
     module = build_module(cfg)
     module.net = net_from_checkpoint(ckpt, cfg)
-    module.keep_eval_embeddings = episodes is not None
+    module.keep_eval_embeddings = episodes is not None or args.show is not None
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False
     )
@@ -193,6 +240,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
         assert len(embeddings) == len(datamodule.datasets[args.split])  # one per record, in order
         metrics[f"one_shot@{args.one_shot}"] = one_shot_accuracy(embeddings, *episodes)
         metrics["one_shot_trials"] = episodes[0].numel()
+    if args.show is not None:
+        write_retrieval_grid(args, datamodule, module.eval_embeddings["test"])
     return metrics
 
 
@@ -200,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with exit_on_user_error():
         check_one_shot(args)
+        check_show(args)
         if args.output:
             check_output(args.output)
         metrics = evaluate(args)

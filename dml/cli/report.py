@@ -38,12 +38,16 @@ one cell (e.g. seed 2 re-run into a directory of its own), unless one seed of th
 from two directories: such runs are never averaged together; each of the row's runs is labelled
 with its directory instead, ``contrastive [dir=A]`` and ``contrastive [dir=B]``, and the header
 lists those rows.
+
+The header lists the code the runs recorded (commit, ``+dirty``, or the installed version); a
+table whose runs were made by different code also gets a warning, printed to stderr too.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from dml.tune.edges import EDGE_FRACTION
@@ -85,11 +89,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from dml.report.code_versions import MixedCodeWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MixedCodeWarning)
+        _report(parse_args(argv))
+    for warning in caught:
+        if issubclass(warning.category, MixedCodeWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+
+
+def _report(args: argparse.Namespace) -> None:
     from dml.errors import UserError
     from dml.report import ReportError, latest_sweep, make_report
     from dml.report.studies import find_studies, make_study_report
 
-    args = parse_args(argv)
     try:
         dirs = args.sweep_dirs or [latest_sweep()]
         pairs = [tuple(pair.split(":")) for pair in args.compare]

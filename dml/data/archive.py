@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dml.errors import DatasetError
 from dml.files import locked, temporary_sibling, write_atomic
+from dml.progress import progress_bar
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -108,7 +109,7 @@ def unzip(archive: Path, dest: Path) -> None:
                 raise DatasetError(f"cannot unpack {archive}: it needs {need:,} bytes and "
                                    f"{dest.parent} has {free:,} free")
             dest.mkdir(parents=True)
-            for info in z.infolist():
+            for info in progress_bar(z.infolist(), f"unpacking {archive.name}", unit="file"):
                 target = dest.joinpath(*member_parts(info.filename))
                 if target == dest:
                     continue

@@ -22,6 +22,7 @@ from dml.data.tensor_cache import cached_images
 from dml.data.transforms import TransformParams
 from dml.distributed import rank_and_world_size
 from dml.errors import ConfigError, DatasetError
+from dml.progress import progress_shown
 
 EVAL_SPLITS = ("val", "test", "query", "gallery")
 
@@ -112,6 +113,8 @@ class DMLDataModule(L.LightningDataModule):
     in :meth:`on_after_batch_transfer` (:mod:`dml.data.batch_transforms`). Both transforms must
     come from :func:`dml.data.transforms.build_transform` (without ``random_resized_crop``).
     ``cache=False``: the PIL path, each image decoded and transformed per item (workers allowed).
+    ``progress``: progress bars (stderr, on a terminal) while a source unpacks its archives and
+    while the tensor cache is built (:mod:`dml.progress`).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class DMLDataModule(L.LightningDataModule):
         val_folds: int = 0,
         val_fold: int = 0,
         cache: bool = False,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         check_int("data.batch_p", batch_p, 1, "the classes per batch", 32)
@@ -149,14 +153,15 @@ class DMLDataModule(L.LightningDataModule):
         self.datasets: dict[str, DMLDataset] = {}
         if not isinstance(cache, bool):
             raise ConfigError(f"data.cache must be true or false, got {cache!r}")
-        self.cache = cache
+        self.cache, self.progress = cache, progress
         self.train_params = self.eval_params = None
         if cache:
             self.train_params = cacheable("data.train_transform", train_transform)
             self.eval_params = cacheable("data.eval_transform", eval_transform)
 
     def split_records(self) -> dict[str, list[Record]]:
-        splits = self.source.splits()
+        with progress_shown(self.progress):  # a source may unpack its archives first
+            splits = self.source.splits()
         if "train" not in splits:
             raise DatasetError(f"{type(self.source).__name__} provides no 'train' split")
         if self.val_folds and "val" in splits:
@@ -190,7 +195,8 @@ class DMLDataModule(L.LightningDataModule):
             classes = shared if name in ("query", "gallery") else None
             if self.cache:
                 params = self.train_params if name == "train" else self.eval_params
-                images = cached_images(self.source, name, records, params)
+                with progress_shown(self.progress):
+                    images = cached_images(self.source, name, records, params)
                 normalize = (
                     None if name == "train" else functools.partial(to_normalized, params=params)
                 )

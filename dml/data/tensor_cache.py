@@ -36,6 +36,7 @@ from dml.data.source import DatasetSource, cache_dir
 from dml.data.transforms import TransformParams
 from dml.errors import ConfigError
 from dml.files import locked, write_atomic
+from dml.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def decode_all(
 ) -> torch.Tensor:
     """Decode every record with ``source.load`` and ``params.decode`` into one uint8 tensor."""
     arrays = []
-    for r in records:
+    for r in progress_bar(records, "tensor cache: decoding images", unit="img"):
         array = params.decode(source.load(r.item))
         if arrays and array.shape != arrays[0].shape:  # Resize(int) keeps the aspect ratio
             raise ConfigError(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dml.report.code_versions import code_line, warn_if_mixed
 from dml.report.diagrams import diagram_grid, first_seed_diagrams
 from dml.report.dynamics import dynamics_markdown
 from dml.report.labels import common_settings, rows_kept_apart, source_names
@@ -184,6 +185,10 @@ def _header(
         if command:
             where = f" (`{d}`)" if len(dirs) > 1 else ""
             lines.append(f"- command{where}: `{command}`")
+    lines.append(code_line([r.code for r in runs]))
+    mixed = warn_if_mixed([r.code for r in runs])
+    if mixed:
+        lines.append(f"- **warning: {mixed}**")
     total = sum(r.wall_time_s or 0.0 for r in runs)
     timing = f"- run time: {format_duration(total)} in total (sum of the runs' wall times)"
     wall = sweep_wall_time(dirs[0], runs) if len(dirs) == 1 else None

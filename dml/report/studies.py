@@ -19,6 +19,8 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution
 
+from dml.provenance import code_label
+from dml.report.code_versions import code_line, warn_if_mixed
 from dml.report.dynamics import RunDynamics, read_dynamics
 from dml.report.stats import ALPHA, Family, family, format_comparison, mean_ci
 from dml.report.study_plots import curves_plot, effect_plot
@@ -41,6 +43,7 @@ class StudyResult:
     wall_time_s: float  # trials + retrain runs, summed
     space: dict[str, BaseDistribution] | None  # the search ranges (None: not recorded)
     dynamics: dict[str, list[RunDynamics]]  # "best" / "defaults" / "trial" (best trial's folds)
+    code: list[str | None]  # each retrain run's code (dml.provenance.code_label)
 
     @property
     def strategy(self) -> str:
@@ -59,11 +62,14 @@ def load_study_result(directory: Path) -> StudyResult:
     test: dict[str, list[dict[str, float]]] = {}
     collapse: dict[str, list[float]] = {}
     logged: dict[str, list[RunDynamics]] = {}
+    code: list[str | None] = []
     for setting, names in (summary.get("runs") or {}).items():
         for name in names:
             path = directory / name / "metrics.json"
             if path.exists():
-                test.setdefault(setting, []).append(read_run_file(path).get("test", {}))
+                result = read_run_file(path)
+                test.setdefault(setting, []).append(result.get("test", {}))
+                code.append(code_label(result.get("provenance")))
             dynamics = read_dynamics(directory / name)
             if dynamics is not None:
                 logged.setdefault(setting, []).append(dynamics)
@@ -76,7 +82,7 @@ def load_study_result(directory: Path) -> StudyResult:
     wall = sum(float(read_run_file(p).get("wall_time_s") or 0.0)
                for p in directory.glob("*/**/metrics.json"))
     return StudyResult(directory, summary, test, collapse, wall, study_space(directory, summary),
-                       logged)
+                       logged, code)
 
 
 def _percent(values: Sequence[float]) -> str:
@@ -212,6 +218,7 @@ def make_study_report(root: Path, out: Path | None = None, metric: str = "recall
     objective = {r.summary.get("objective") for r in results}
     seeds = max((len(r.test.get("best", [])) for r in results), default=0)
     hours = sum(r.wall_time_s for r in results) / 3600
+    code = [c for r in results for c in r.code]
     lines = [
         "# Tuned comparison", "",
         f"- studies under `{root}`: {len(results)}; objective {', '.join(map(str, objective))} "
@@ -230,7 +237,11 @@ def make_study_report(root: Path, out: Path | None = None, metric: str = "recall
         "- pictures: `effects.png` (each difference with its 95 % CI, per family), `curves.png` "
         "(validation R@1 per epoch of the best trial; collapse indicator per step of the "
         "retrain runs, mean ± std over seeds)",
+        code_line(code),
     ]
+    mixed = warn_if_mixed(code)
+    if mixed:
+        lines.append(f"- **warning: {mixed}**")
     out = Path(out) if out is not None else Path(root) / "report"
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / n for n in ("report.md", "comparisons.csv", "studies.json", "effects.png",

@@ -222,9 +222,10 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> N
     """One row per run (what the notebook reads to find each run's directory)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["strategy", "dataset", "seed", "run_dir", "wall_time_s", *metrics])
+        writer.writerow(["strategy", "dataset", "seed", "run_dir", "code", "wall_time_s",
+                         *metrics])
         for run, (strategy, dataset) in zip(runs, cell_labels(runs), strict=True):
-            row = [strategy, dataset, run.seed, str(run.run_dir), run.wall_time_s]
+            row = [strategy, dataset, run.seed, str(run.run_dir), run.code or "", run.wall_time_s]
             writer.writerow(row + [_csv_number(run.metrics.get(m)) for m in metrics])
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from dml.errors import UserError
+from dml.provenance import code_label
 
 #: Entries of the metrics dict that are counts, not metrics.
 NON_METRICS = frozenset({"num_queries"})
@@ -46,7 +47,8 @@ class Run:
     """One finished job: its strategy (the loss config name), dataset (the data config name),
     seed, command-line overrides and final metrics of the chosen split; the configs of the
     groups wrapping its loss (``memory``, ``synthesis``), ``tuned``/``untuned`` for a study's
-    retrain run, and the directory given to the report that holds it."""
+    retrain run, the directory given to the report that holds it, and the code that made it
+    (:func:`dml.provenance.code_label`; None for a run that recorded none)."""
 
     run_dir: Path
     strategy: str
@@ -58,6 +60,7 @@ class Run:
     wrappers: tuple[str, ...] = ()
     tuning: str | None = None
     source: Path | None = None
+    code: str | None = None
 
     @property
     def name(self) -> str:
@@ -159,6 +162,7 @@ def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run
         metrics=metrics,
         wall_time_s=result.get("wall_time_s"),
         wrappers=chosen_wrappers(choices, overrides),
+        code=code_label(result.get("provenance")),
     )
 
 

@@ -27,23 +27,16 @@ from dml.files import locked, write_text_atomic
 from dml.slurm import gpus_per_node, record_job
 
 
-def sweep_group() -> str | None:
-    """``${dml.sweep_group:}``: the sweep directory of a ``-m`` job (its W&B group), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return str(HydraConfig.get().sweep.dir)
-
-
 def register_resolvers() -> None:
-    """Register ``${dml.sweep_group:}`` (:func:`sweep_group`), which ``conf/logger/default.yaml``
-    names, and ``${dml.slurm_gpus:...}`` (:func:`dml.slurm.gpus_per_node`), which
+    """Register the W&B identity resolvers that ``conf/logger/default.yaml`` names
+    (:data:`dml.wandb_run.RESOLVERS`: ``${dml.sweep_group:}``, ``${dml.run_name:...}``,
+    ``${dml.run_tags:...}``) and ``${dml.slurm_gpus:...}`` (:func:`dml.slurm.gpus_per_node`), which
     ``conf/hydra/launcher/slurm.yaml`` names; called before a run's config is resolved
     (``dml-train``, :func:`dml.train.run.train`). Registering again replaces them."""
-    OmegaConf.register_new_resolver("dml.sweep_group", sweep_group, replace=True)
-    OmegaConf.register_new_resolver("dml.slurm_gpus", gpus_per_node, replace=True)
+    from dml.wandb_run import RESOLVERS
+
+    for name, resolver in {**RESOLVERS, "dml.slurm_gpus": gpus_per_node}.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 LOCK_FILE = ".dml.lock"
 RECORDS = ("config.yaml", "metrics.json", "checkpoints")

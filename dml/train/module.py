@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from dml.config_checks import check_choice
 from dml.distributed import (
     broadcast_object,
     gather_batch,
@@ -74,6 +76,7 @@ class DMLModule(L.LightningModule):
         seed: int = 0,
         cross_rank_mining: bool = True,
         config: dict | None = None,
+        eval_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.net, self.loss = net, loss
@@ -87,6 +90,10 @@ class DMLModule(L.LightningModule):
                 f"got {list(eval_ks)}"
             ) from None
         self.compute_nmi, self.seed = nmi, seed
+        check_choice("eval.backend", eval_backend, ("torch", "faiss"))
+        if eval_backend == "faiss" and importlib.util.find_spec("faiss") is None:
+            raise ConfigError("eval.backend=faiss needs faiss: pip install 'dml[faiss]'")
+        self.eval_backend = eval_backend
         self.cross_rank_mining = cross_rank_mining
         self.config = config
         # A cross-batch memory is the same on every rank by construction (it enqueues the global
@@ -217,7 +224,7 @@ class DMLModule(L.LightningModule):
         self, parts: list[tuple[torch.Tensor, torch.Tensor]], with_nmi: bool
     ) -> dict[str, float]:
         (q, ql), gallery = parts[0], parts[1] if len(parts) > 1 else (None, None)
-        metrics = retrieval_metrics(q, ql, *gallery, ks=self.eval_ks)
+        metrics = retrieval_metrics(q, ql, *gallery, ks=self.eval_ks, backend=self.eval_backend)
         if with_nmi:
             metrics["nmi"] = (
                 nmi(q, ql)

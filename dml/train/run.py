@@ -20,6 +20,7 @@ from dml.errors import CheckpointError, ConfigError, RunDirError, RunInterrupted
 from dml.files import write_text_atomic
 from dml.losses.base import DMLLoss
 from dml.losses.wrappers.compose import build_loss, check_wrappers
+from dml.provenance import provenance
 from dml.runs.run_dir import (
     claim,
     is_launch_rank_zero,
@@ -33,6 +34,7 @@ from dml.train.callbacks.wall_clock import WallClock
 from dml.train.checkpoint_io import SafeCheckpointIO
 from dml.train.checkpointing import load_checkpoint_file
 from dml.train.module import DMLModule
+from dml.wandb_run import run_id
 
 
 def build_module(cfg: DictConfig) -> DMLModule:
@@ -51,6 +53,7 @@ def build_module(cfg: DictConfig) -> DMLModule:
         scheduler=scheduler,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
+        eval_backend=cfg.get("eval", {}).get("backend", "torch"),  # older runs: no eval group
         **cfg.module,
     )
 
@@ -274,9 +277,11 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     if reporter is not None:
         callbacks["trial_reporter"] = reporter
     callbacks["wall_clock"] = clock = WallClock(start)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    made_by = provenance()
+    loggers = [instantiate(c, **run_id(c, run_dir, primary))
+               for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:  # so W&B / CSV can filter and group runs by any config value
-        logger.log_hyperparams(module.config)
+        logger.log_hyperparams({**module.config, "provenance": made_by})
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(run_dir),
@@ -300,6 +305,7 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
             result["test"] = module.eval_metrics.get("test", {})
         result["epochs"] = trainer.current_epoch
         result["wall_time_s"] = round(clock.elapsed(), 1)
+        result["provenance"] = made_by
         if trainer.is_global_zero:
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
             mark_interrupted(run_dir, None)

@@ -45,6 +45,7 @@ from dml.tune.settings import (
 )
 from dml.tune.space import check_space, distributions, override_value, overrides
 from dml.tune.storage import PRUNER_ATTR, open_storage
+from dml.wandb_run import group_name
 
 Launch = Callable[[list[list[str]]], Sequence[JobReturn]]
 # A diverged trial scores the worst value of a retrieval metric, so the sampler learns to avoid
@@ -174,7 +175,7 @@ class Study:
             *self._last_epoch(),
             *resume_overrides(run_dir),
             *(["data.val_fold=" + str(fold)] if fold is not None else []),
-            *self._group(),
+            *self._wandb("trial"),
             f"hydra.sweep.subdir={override_value(where)}",
         ]
 
@@ -186,11 +187,13 @@ class Study:
             return []
         return ["callbacks.best_checkpoint=null"]
 
-    def _group(self) -> list[str]:
-        """A study's trials and retrains form one W&B group, named after the study."""
+    def _wandb(self, job_type: str) -> list[str]:
+        """A study's trials and retrains form one W&B group, that of the study's directory;
+        ``job_type``: trial, retrain-best or retrain-defaults."""
         if OmegaConf.select(self.config, "logger.wandb") is None:
             return []
-        return [f"logger.wandb.group={override_value(self.name)}"]
+        return [f"logger.wandb.group={override_value(group_name(self.directory))}",
+                f"logger.wandb.job_type={job_type}"]
 
     def _value(self, number: int, result: JobReturn | dict) -> float | str | BaseException:
         """A job's objective value, ``"pruned"``, ``"diverged"``, or the error it raised."""
@@ -309,7 +312,7 @@ class Study:
                     *self.fixed, *overrides(values), f"seed={seed}", "test=true",
                     "data.val_holdout=0", "data.val_folds=0",
                     *resume_overrides(run_dir),
-                    *self._group(),
+                    *self._wandb(f"retrain-{name}"),
                     f"hydra.sweep.subdir={override_value(where)}",
                 ])
         failed = {}
