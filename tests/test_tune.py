@@ -26,7 +26,7 @@ from dml.data.records import Record
 from dml.errors import ConfigError, DatasetError
 from dml.losses.wrappers.compose import build_loss
 from dml.tune.settings import default_values
-from dml.tune.space import check_space, distributions, overrides
+from dml.tune.space import check_space, distributions, flat, overrides
 from dml.tune.storage import open_storage
 from dml.wandb_run import group_name
 
@@ -209,6 +209,26 @@ def test_an_empty_or_corrupt_study_storage_is_one_line(tmp_path, content, messag
     assert line.startswith(f"error: study storage {tmp_path / 'optuna.journal'} {message}")
     assert "delete it" in line
     assert (tmp_path / "optuna.journal").read_bytes() == content  # nothing lost
+
+
+def test_a_rerun_whose_range_changed_its_log_scale_is_one_line(tmp_path):
+    # a study whose journal holds a trial drawn from search=sct's space, with lr on a log scale
+    params = compose_job("search=sct").hydra.sweeper.params
+    space = distributions(flat(OmegaConf.to_container(params, resolve=True)))
+    storage = open_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name=tmp_path.name, storage=storage, direction="maximize")
+    study.tell(study.ask(space), 0.5)
+    proc = run_sweep(tmp_path, "hydra.sweeper.n_trials=2",
+                     "+hydra.sweeper.params.optimizer.lr={low: 1e-4, high: 5e-2, log: false}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.params.optimizer.lr is now {low: 0.0001, high: 0.05, log: false} "
+        f"but study {tmp_path.name} drew trial 0 from {{low: 0.0001, high: 0.05, log: true}}: "
+        "keep its log, type and choices (low and high may change) or start a new study (another "
+        "hydra.sweep.dir)")
+    # no trial asked (Optuna's error left one RUNNING) nor started
+    assert [t.state for t in stored_trials(tmp_path)] == [optuna.trial.TrialState.COMPLETE]
+    assert not list(tmp_path.glob("trial_*"))
 
 
 def test_an_sqlite_storage_that_is_not_a_database_is_one_line(tmp_path):

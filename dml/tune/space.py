@@ -75,6 +75,38 @@ def distributions(params: Mapping[str, Any]) -> dict[str, optuna.distributions.B
     return {key: distribution(key, spec) for key, spec in params.items()}
 
 
+def range_text(dist: optuna.distributions.BaseDistribution) -> str:
+    """A distribution written as a search-space entry (``{low: 0.0001, high: 0.05, log: true}``)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return "{choices: [" + ", ".join(override_value(c) for c in dist.choices) + "]}"
+    if isinstance(dist, (optuna.distributions.FloatDistribution,
+                         optuna.distributions.IntDistribution)):
+        kind = ", type: int" if isinstance(dist, optuna.distributions.IntDistribution) else ""
+        step = "" if dist.step is None else f", step: {dist.step}"
+        return f"{{low: {dist.low}, high: {dist.high}, log: {str(dist.log).lower()}{step}{kind}}}"
+    return repr(dist)
+
+
+def check_stored_space(space: Mapping[str, optuna.distributions.BaseDistribution],
+                       trials: list[optuna.trial.FrozenTrial], study: str) -> None:
+    """Each value of ``space`` keeps the kind, log scale and choices it had in the study's
+    ``trials`` (Optuna cannot mix them in one study); a change is a one-line
+    :class:`ConfigError` naming the value, before any trial is asked for."""
+    for trial in trials:
+        for key, old in trial.distributions.items():
+            if key not in space:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, space[key])
+            except ValueError:
+                raise ConfigError(
+                    f"hydra.sweeper.params.{key} is now {range_text(space[key])} but study "
+                    f"{study} drew trial {trial.number} from {range_text(old)}: keep its "
+                    "log, type and choices (low and high may change) or start a new study "
+                    "(another hydra.sweep.dir)"
+                ) from None
+
+
 def check_space(params: Mapping[str, Any], cfg: DictConfig) -> None:
     """Every key of the space names a value of the composed config (e.g. ``loss.lam`` needs a loss
     that has ``lam``); a typo or a space for another loss is a one-line :class:`ConfigError`."""

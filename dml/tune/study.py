@@ -43,7 +43,13 @@ from dml.tune.settings import (
     check_validation,
     default_values,
 )
-from dml.tune.space import check_space, distributions, override_value, overrides
+from dml.tune.space import (
+    check_space,
+    check_stored_space,
+    distributions,
+    override_value,
+    overrides,
+)
 from dml.tune.storage import PRUNER_ATTR, open_storage
 from dml.wandb_run import group_name
 
@@ -248,6 +254,7 @@ class Study:
         config or data error, or a bug, that would fail every trial) stops the study once every
         trial of the round is told."""
         study = self.study
+        check_stored_space(self.space, study.get_trials(deepcopy=False), self.name)
         tried = [t for t in study.get_trials(deepcopy=False)
                  if t.state != optuna.trial.TrialState.FAIL]
         if self.settings.enqueue_defaults and not tried:
