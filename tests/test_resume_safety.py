@@ -79,6 +79,25 @@ def test_resume_with_another_loss_is_refused_unless_forced_and_then_recorded(tmp
         "dml.losses.MultiSimilarityLoss", "dml.losses.ContrastiveLoss"]
 
 
+def test_resume_dropping_a_memory_with_resume_changes_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*TINY_CLI, "model.backbone=conv4", "trainer.max_epochs=1", "memory=xbm",
+                   "memory.size=64", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = run_records(run_dir)
+    # memory=null is Hydra's ~memory, and the saved memory.size=64 goes with the memory
+    proc = run_cli(f"resume={run_dir}", "memory=null", "resume_changes=true",
+                   "trainer.max_epochs=2", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last_line(proc) == (
+        f"error: {run_dir}/checkpoints/last.ckpt does not fit this config's model or loss "
+        '(Unexpected key(s) in state_dict: "loss.memory_embeddings", "loss.memory_labels", '
+        '"loss.memory_count", "loss.memory_next", "loss.steps".): resume_changes=true allows '
+        "only changes that fit the run's weights and state (not another model shape, nor adding "
+        "or dropping a memory): train the new setting in a new directory (hydra.run.dir=...)")
+    assert run_records(run_dir) == records
+
+
 def test_a_run_that_trained_but_lost_last_ckpt_is_refused_naming_what_is_missing(tmp_path):
     train(tiny_config(tmp_path, "trainer.max_epochs=1", "test=false"))
     (tmp_path / "checkpoints" / "last.ckpt").unlink()

@@ -59,15 +59,25 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def null_groups(argv: list[str]) -> list[str]:
+    """``group=null`` (e.g. ``memory=null``: no memory) → ``~group``, Hydra's spelling: it
+    refuses null as a config group's value."""
+    return [f"~{a[:-len('=null')]}" if a.endswith("=null")
+            and (Path(CONFIG_DIR) / a[:-len("=null")]).is_dir() else a for a in argv]
+
+
 def resume_argv(argv: list[str]) -> list[str]:
-    """``resume=<run_dir>`` → that run's own overrides (those not given again) + the new ones +
+    """``resume=<run_dir>`` → that run's own overrides (those not given again, nor inside a
+    group the new ones delete: ``~memory`` drops a saved ``memory.size=...``) + the new ones +
     its directory + ``ckpt_path=last``."""
     rest = [a for a in argv if not a.startswith("resume=")]
     if len(rest) == len(argv):
         return argv
     run_dir = Path(next(a for a in argv if a.startswith("resume="))[len("resume=") :])
     given = {override_key(o) for o in rest} | {"ckpt_path", "resume_changes"}  # never inherited
-    saved = [o for o in saved_overrides(run_dir) if override_key(o) not in given]
+    dropped = tuple(f"{override_key(o)}." for o in rest if o.startswith("~"))
+    saved = [o for o in saved_overrides(run_dir)
+             if override_key(o) not in given and not override_key(o).startswith(dropped)]
     return [*user_config_dirs(run_dir), *saved, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
 
@@ -123,8 +133,8 @@ def main() -> None:
     global _resumed_from
     register_resolvers()  # before Hydra composes the config that names them
     with exit_on_user_error():
-        argv = resume_argv(sys.argv[1:])
-    if argv != sys.argv[1:]:
+        argv = resume_argv(null_groups(sys.argv[1:]))
+    if any(a.startswith("resume=") for a in sys.argv[1:]):
         _resumed_from = Path(next(a for a in sys.argv if a.startswith("resume="))[len("resume="):])
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()

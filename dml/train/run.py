@@ -196,9 +196,12 @@ def resume_checkpoint(
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1:2] or [str(e)]
+        fix = ("resume_changes=true allows only changes that fit the run's weights and state (not "
+               "another model shape, nor adding or dropping a memory): train the new setting in a "
+               "new directory (hydra.run.dir=...)" if cfg.get("resume_changes")
+               else "resume with the run's own settings")
         raise CheckpointError(
-            f"{path} does not fit this config's model or loss ({first[0].strip()}): resume with "
-            "the run's own settings"
+            f"{path} does not fit this config's model or loss ({first[0].strip()}): {fix}"
         ) from None
     done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
     done = done.get("current", {}).get("processed", ckpt.get("epoch", -1) + 1)
