@@ -299,3 +299,34 @@ def test_dynamics_show_the_validation_curve_of_epochs_too_short_to_log_a_step(tm
     assert read_dynamics(job).val_recall_at_1 == {0: 0.6}
     section = make_report(tmp_path).markdown.read_text().split("## Training dynamics")[1]
     assert "| sct | 60.0 | 0 | 60.0 |" in section
+
+
+def test_a_run_directory_name_that_is_not_utf8_is_shown_escaped(tmp_path):
+    from dml.cli.report import main as dml_report
+
+    sweep = tmp_path / "sweep"
+    m = {"recall@1": 0.5, "map@r": 0.3}
+    fake_run(sweep / "0", "sct", "cub200", 0, m)
+    fake_run(sweep / os.fsdecode(b"run_\xff"), "sct", "cub200", 1, m)
+    fake_run(sweep / os.fsdecode(b"crash_\xff"), "sct", "cub200", 2, None)
+    dml_report([str(sweep)])
+    out = sweep / "report"
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md", "report.png",
+                                                     "runs.csv"]
+    assert "`crash_\\udcff`" in (out / "report.md").read_text()
+    assert f"{sweep}/run_\\udcff," in (out / "runs.csv").read_text()
+
+
+def test_a_report_that_fails_midway_leaves_no_partial_files(tmp_path, monkeypatch):
+    from dml.cli.report import main as dml_report
+
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0", "sct", "cub200", 0, {"recall@1": 0.5})
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("dml.report.make.bar_plot", fail)  # after report.md and the CSVs
+    with pytest.raises(OSError, match="disk full"):
+        dml_report([str(sweep)])
+    assert list((sweep / "report").iterdir()) == []

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dml.files import staged_files
 from dml.report.code_versions import code_line, warn_if_mixed
 from dml.report.diagrams import diagram_grid, first_seed_diagrams
 from dml.report.dynamics import dynamics_markdown
@@ -16,6 +17,7 @@ from dml.report.plot import bar_plot
 from dml.report.stats import ALPHA
 from dml.report.study_plots import effect_plot
 from dml.report.table import (
+    UNENCODABLE,
     Cell,
     baseline_families,
     display_name,
@@ -121,15 +123,17 @@ def make_report(
         out / "comparisons.csv" if families else None, out / "effects.png" if families else None,
         cells, runs, incomplete,
     )
-    report.markdown.write_text(text)
-    write_cells_csv(cells, metrics, report.table_csv, paper)
-    write_runs_csv(runs, metrics, report.runs_csv)
-    bar_plot(cells, paper).savefig(report.plot, dpi=100)
-    if families:
-        write_comparisons_csv(families, report.comparisons)
-        effect_plot(families, display_name(metric))[0].savefig(report.effects, dpi=100)
-    if report.diagrams is not None:
-        diagram_grid(diagram_rows).savefig(report.diagrams, dpi=80)
+    with staged_files(out) as stage:  # all the files, or (on an error) none
+        (stage / report.markdown.name).write_text(text, encoding="utf-8", errors=UNENCODABLE)
+        write_cells_csv(cells, metrics, stage / report.table_csv.name, paper)
+        write_runs_csv(runs, metrics, stage / report.runs_csv.name)
+        bar_plot(cells, paper).savefig(stage / report.plot.name, dpi=100)
+        if report.comparisons is not None and report.effects is not None:
+            write_comparisons_csv(families, stage / report.comparisons.name)
+            effect_plot(families, display_name(metric))[0].savefig(stage / report.effects.name,
+                                                                   dpi=100)
+        if report.diagrams is not None:
+            diagram_grid(diagram_rows).savefig(stage / report.diagrams.name, dpi=80)
     return report
 
 

@@ -14,6 +14,10 @@ from dml.report.paper import published_recall_at_1
 from dml.report.stats import Family, family, format_comparison
 from dml.runs.records import Run
 
+#: How the report files write a run directory's name that is not valid UTF-8 (Python decodes its
+#: bytes with surrogate escapes): backslash-escaped, ``b"run_\xff"`` → ``run_\udcff``.
+UNENCODABLE = "backslashreplace"
+
 FIRST_METRICS = ("recall@1", "map@r")
 NAMES = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
 
@@ -203,7 +207,7 @@ def write_cells_csv(cells: Sequence[Cell], metrics: Sequence[str], path: Path, p
     columns = ["strategy", "dataset", "loss", "data", "n_runs", "seeds"]
     columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     columns += ["wall_time_s"] + (["paper_recall@1_percent"] if paper else [])
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors=UNENCODABLE) as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for c in cells:
@@ -220,7 +224,7 @@ def write_cells_csv(cells: Sequence[Cell], metrics: Sequence[str], path: Path, p
 
 def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> None:
     """One row per run (what the notebook reads to find each run's directory)."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors=UNENCODABLE) as f:
         writer = csv.writer(f)
         writer.writerow(["strategy", "dataset", "seed", "run_dir", "code", "wall_time_s",
                          *metrics])
@@ -232,7 +236,7 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> N
 def write_comparisons_csv(families: Sequence[Family], path: Path) -> None:
     """One row per comparison: its family, the rows, seeds, the difference with its 95 % CI,
     t, Welch–Satterthwaite df, raw and Holm-adjusted p (as fractions; empty without a test)."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors=UNENCODABLE) as f:
         writer = csv.writer(f)
         writer.writerow(["family", "row", "baseline", "n", "n_baseline", "difference",
                          "ci_low", "ci_high", "t", "df", "p", "p_holm"])
