@@ -29,6 +29,8 @@ import optuna
 import pytest
 import torch
 
+from .wandb_offline import offline_runs
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
 
@@ -110,7 +112,9 @@ class Sweep:
     def __init__(self, sweep_dir: Path, job_name: str, *overrides: str) -> None:
         self.dir = sweep_dir
         self.log = sweep_dir.parent / f"{sweep_dir.name}.sweeper.{uuid.uuid4().hex[:6]}.log"
-        argv = [sys.executable, "-m", "dml.cli.train", "-m", *FAST, *ON_SLURM,
+        given = {o.split("=", 1)[0] for o in overrides}  # e.g. logger=default replaces FAST's
+        fast = [o for o in FAST if o.split("=", 1)[0] not in given]
+        argv = [sys.executable, "-m", "dml.cli.train", "-m", *fast, *ON_SLURM,
                 f"hydra.launcher.name={job_name}", *overrides, f"hydra.sweep.dir={sweep_dir}"]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(argv, cwd=sweep_dir.parent, env=job_env(),
@@ -209,7 +213,8 @@ def test_a_preempted_then_timed_out_job_resumes_its_own_run_bit_identically(
     first, reference = sweep / "0", sweep / "1"
     first.mkdir(parents=True)
     (first / "pauses").write_text("0 2\n1 4\n")  # start 0 stops at epoch 2, start 1 at 4
-    run = sweeps(sweep, "+replica=0,1", "trainer.max_epochs=6", "test=false", *GATE)
+    run = sweeps(sweep, "+replica=0,1", "trainer.max_epochs=6", "test=false", "logger=default",
+                 *GATE)
 
     job = paused(first, "0 2", job_name)
     scontrol("requeue", job)  # preemption
@@ -238,6 +243,12 @@ def test_a_preempted_then_timed_out_job_resumes_its_own_run_bit_identically(
         "0", "1", "multirun.yaml"]
     assert json.loads((first / "metrics.json").read_text())["epochs"] == 6
     assert not list(first.glob("**/hpc_ckpt*"))
+    # W&B (offline): each of the 3 starts writes into the one run of the stored id (a killed
+    # start's .wandb file may lack its run record, so the id is read off the folder names)
+    starts = sorted(first.glob("wandb/offline-run-*"))
+    run_id = (first / "wandb" / "run_id").read_text().strip()
+    assert len(starts) == 3 and {s.name.rsplit("-", 1)[1] for s in starts} == {run_id}
+    assert offline_runs(reference)[0].run.run_id != run_id  # another job, another run
 
 
 # -- a study as SLURM jobs ------------------------------------------------------------------------
