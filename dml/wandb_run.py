@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dml.files import write_text_atomic
+
 #: Where a run directory keeps the id of its W&B run.
 ID_FILE = Path("wandb") / "run_id"
 #: W&B's longest group name.
@@ -88,5 +90,5 @@ def run_id(logger: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
         return {}
     new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new + "\n")
+    write_text_atomic(path, new + "\n")
     return {"id": new}

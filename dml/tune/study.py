@@ -254,9 +254,9 @@ class Study:
         config or data error, or a bug, that would fail every trial) stops the study once every
         trial of the round is told."""
         study = self.study
-        check_stored_space(self.space, study.get_trials(deepcopy=False), self.name)
-        tried = [t for t in study.get_trials(deepcopy=False)
-                 if t.state != optuna.trial.TrialState.FAIL]
+        trials = study.get_trials(deepcopy=False)
+        check_stored_space(self.space, trials, self.name)
+        tried = [t for t in trials if t.state != optuna.trial.TrialState.FAIL]
         if self.settings.enqueue_defaults and not tried:
             study.enqueue_trial(self.defaults())
         running: list[_Trial] = []
