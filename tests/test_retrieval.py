@@ -230,6 +230,26 @@ def test_metrics_match_reference_with_ties(backend, dtype, leave_one_out, chunk_
     assert 0 < got["num_queries"] < 120  # singletons / absent classes are excluded
 
 
+@pytest.mark.parametrize("leave_one_out", [True, False])
+@pytest.mark.parametrize("chunk_size", [5, None])
+def test_recall_beyond_r_max_counts_the_first_hit_rank_with_ties(leave_one_out, chunk_size):
+    # Small classes (R_max << K): Recall@20/60 come from the first relevant item's rank, counted
+    # on the score rows, where tied scores are everywhere; must equal the full stable sort.
+    rng = np.random.default_rng(5)
+    query, q_labels = tied_embeddings(150, 16, rng), rng.integers(0, 60, 150)
+    gallery, g_labels = (
+        (None, None) if leave_one_out else (tied_embeddings(110, 16, rng), rng.integers(0, 60, 110))
+    )
+    ks = (1, 2, 5, 20, 60, 1000)
+    as_t = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
+    got = retrieval_metrics(
+        as_t(query), as_t(q_labels), as_t(gallery), as_t(g_labels), ks=ks, chunk_size=chunk_size
+    )
+    expected = ref_metrics(query, q_labels, gallery, g_labels, ks)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert expected["recall@5"] < expected["recall@20"] < expected["recall@60"] < 1
+
+
 def test_metrics_match_reference_random_float64_numpy_input():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(200, 6)), rng.integers(0, 12, 200)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +45,21 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 Backend = Literal["torch", "faiss"]
 ArrayLike = Tensor | np.ndarray
+
+
+class KnnChunk(NamedTuple):
+    """Rows ``start : start + len(indices)`` of a k-NN result (see :func:`iter_knn`).
+
+    ``scores`` holds the chunk's complete ``(rows, N)`` score rows (the query's own column
+    ``-inf`` with ``exclude_self``) with the torch backend, bit-equal to the scores ranked, so a
+    caller can rank beyond the top-``k``; it is a view of a reused buffer, valid until the next
+    chunk. The faiss backend has no score rows: ``None``.
+    """
+
+    start: int
+    similarities: Tensor
+    indices: Tensor
+    scores: Tensor | None
 
 
 def as_embeddings(x: ArrayLike, name: str) -> Tensor:
@@ -100,7 +115,7 @@ def exact_knn(
             query, gallery, k, exclude_self=exclude_self, chunk_size=chunk_size, backend=backend
         )
     )
-    return torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
+    return torch.cat([c.similarities for c in chunks]), torch.cat([c.indices for c in chunks])
 
 
 def iter_knn(
@@ -111,8 +126,8 @@ def iter_knn(
     exclude_self: bool = False,
     chunk_size: int | None = None,
     backend: Backend = "torch",
-) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """Chunked :func:`exact_knn`: yields ``(start, similarities, indices)`` per query chunk.
+) -> Iterator[KnnChunk]:
+    """Chunked :func:`exact_knn`: yields a :class:`KnnChunk` per query chunk.
 
     The rows ``start : start + len(indices)`` of the full result; memory stays bounded by one
     chunk, so callers can reduce results on the fly.
@@ -159,7 +174,7 @@ def _block_size(n: int, kk: int) -> int:
 
 def _torch_chunks(
     query: Tensor, gallery: Tensor, k: int, exclude_self: bool, chunk_size: int | None
-) -> Iterator[tuple[int, Tensor, Tensor]]:
+) -> Iterator[KnnChunk]:
     n = gallery.shape[0]
     kk = min(k + 1, n - int(exclude_self))
     b = _block_size(n, kk)
@@ -177,7 +192,7 @@ def _torch_chunks(
             _mask_self(sims, start)
         vals, idx = _block_topk(sims, kk, b) if b > 1 else sims.topk(kk, dim=1)
         vals, idx = _apply_tie_rule(vals, idx, k, n, lambda r, s=sims: s[r, :n])
-        yield start, vals, idx
+        yield KnnChunk(start, vals, idx, sims[:, :n])
 
 
 def _mask_self(sims: Tensor, start: int) -> None:
@@ -236,7 +251,7 @@ def _lowest_index_topk(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _faiss_chunks(
     query: Tensor, gallery: Tensor, k: int, exclude_self: bool, chunk_size: int | None
-) -> Iterator[tuple[int, Tensor, Tensor]]:
+) -> Iterator[KnnChunk]:
     try:
         import faiss
     except ImportError as err:
@@ -268,4 +283,4 @@ def _faiss_chunks(
         vals, idx = _apply_tie_rule(
             vals, idx, k, n, lambda r, q=q, start=start: full_rows(r, q, start)
         )
-        yield start, vals.to(device), idx.to(device)
+        yield KnnChunk(start, vals.to(device), idx.to(device), None)

@@ -12,6 +12,10 @@ gallery item has the query's label. Ranking ties are broken by lower gallery ind
 * ``map@r``       = ``(1/R_i) sum_{j<=R_i} rel_i(j) * P_i(j)`` with ``P_i(j)`` the precision at
   ``j`` (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020, Sec. 3.2).
 
+Only the top ``max_i R_i`` is ranked (torch backend): ``recall@K`` for a larger ``K`` is read from
+the rank of the query's first relevant item, counted on the same score rows (one pass over the
+rows that have no relevant item in their top ``max_i R_i``), so a Recall@1000 costs no top-1000.
+
 Queries with ``R_i = 0`` have no defined value and are excluded from every metric; their count is
 not in the denominator, and ``num_queries`` (a float) reports how many queries were evaluated. If
 no query has ``R_i > 0`` every metric is NaN (with a warning) and ``num_queries`` is 0.
@@ -28,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dml.eval.knn import ArrayLike, Backend, as_embeddings, as_labels, iter_knn
+from dml.eval.knn import (
+    DEFAULT_MEMORY_BUDGET,
+    ArrayLike,
+    Backend,
+    as_embeddings,
+    as_labels,
+    iter_knn,
+)
 
 
 def positive_ks(ks: Sequence[int]) -> list[int]:
@@ -87,26 +98,76 @@ def retrieval_metrics(
     if n_valid == 0:
         warnings.warn("R = 0 for every query: metrics are NaN", RuntimeWarning, stacklevel=2)
         return {**dict.fromkeys(names, math.nan), "num_queries": 0.0}
-    k = min(max(*ks, int(r.max())), available)
+    width = min(int(r.max()), available)
+    # torch: the top-R_max ranked; a Recall@K beyond it comes from the first hit's rank, counted
+    # on the chunk's score rows. faiss has no score rows: its top-k reaches the largest K.
+    k = width if backend == "torch" else min(max(*ks, width), available)
+    members = _class_members(g_ids, classes.numel())
 
     totals = torch.zeros(len(ks) + 2, dtype=torch.float64, device=query.device)
-    for start, _, idx in iter_knn(
+    for chunk in iter_knn(
         query, gallery, k, exclude_self=leave_one_out, chunk_size=chunk_size, backend=backend
     ):
-        rows = slice(start, start + idx.shape[0])
-        totals += _chunk_sums(g_ids[idx] == q_ids[rows, None], r[rows], ks)
+        rows = slice(chunk.start, chunk.start + chunk.indices.shape[0])
+        hits = g_ids[chunk.indices] == q_ids[rows, None]
+        first = _first_hit_rank(hits, r[rows], q_ids[rows], chunk.scores, members)
+        totals += _chunk_sums(hits, first, r[rows], ks)
     means = (totals / n_valid).tolist()
     return {**dict(zip(names, means, strict=True)), "num_queries": float(n_valid)}
 
 
-def _chunk_sums(hits: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
+def _class_members(g_ids: Tensor, n_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gallery indices grouped by class: ``(order, first, count)``; class ``c``'s members are
+    ``order[first[c] : first[c] + count[c]]``, ascending."""
+    order = g_ids.argsort(stable=True)
+    count = torch.bincount(g_ids, minlength=n_classes)
+    return order, count.cumsum(0) - count, count
+
+
+def _first_hit_rank(
+    hits: Tensor,
+    r: Tensor,
+    q_ids: Tensor,
+    scores: Tensor | None,
+    members: tuple[Tensor, Tensor, Tensor],
+) -> Tensor:
+    """0-based rank of each query's first relevant item in the (score desc, index asc) order.
+
+    Within the top-k it is read from ``hits``. Otherwise (rows with ``r > 0``) it is counted on
+    the full score rows: for the relevant item ``j*`` of largest score ``p`` (lowest index among
+    equal ones), ``rank = #{j: s_j > p} + #{j < j*: s_j = p}``. Without ``scores`` (faiss) such
+    rows get rank ``k``: the top-k already reaches every K asked for.
+    """
+    k = hits.shape[1]
+    rank = torch.where(hits.any(dim=1), hits.to(torch.int8).argmax(dim=1), k)
+    missed = ((rank == k) & (r > 0)).nonzero().squeeze(1)
+    if scores is None or missed.numel() == 0:
+        return rank
+    order, first, count = members
+    n = scores.shape[1]
+    for part in missed.split(max(1, DEFAULT_MEMORY_BUDGET // (16 * n))):
+        cls = q_ids[part]
+        offsets = torch.arange(int(count[cls].max()), device=part.device)
+        inside = offsets < count[cls, None]
+        cols = order[(first[cls, None] + offsets).masked_fill(~inside, 0)]
+        s = scores[part]
+        relevant = s.gather(1, cols).masked_fill(~inside, -math.inf)  # self is -inf already
+        p = relevant.amax(dim=1, keepdim=True)
+        j_star = cols.masked_fill(relevant != p, n).amin(dim=1, keepdim=True)
+        before = torch.arange(n, device=s.device) < j_star
+        rank[part] = ((s > p).sum(dim=1) + ((s == p) & before).sum(dim=1)).to(rank.dtype)
+    return rank
+
+
+def _chunk_sums(hits: Tensor, first: Tensor, r: Tensor, ks: Sequence[int]) -> Tensor:
     """Per-metric sums over the rows with ``r > 0``: ``[recall@K for ks..., AP@R, R-precision]``.
 
-    ``hits[i, j]`` is whether the ``j``-th neighbour of query ``i`` is relevant; ``r[i]`` its R.
+    ``hits[i, j]`` is whether the ``j``-th neighbour of query ``i`` is relevant, ``first[i]`` the
+    0-based rank of its first relevant item, ``r[i]`` its R.
     """
     valid = r > 0
-    hits, r = hits[valid], r[valid]
-    recalls = [hits[:, :k].any(dim=1).sum() for k in ks]
+    hits, first, r = hits[valid], first[valid], r[valid]
+    recalls = [(first < k).sum() for k in ks]
     width = int(r.max()) if r.numel() else 0
     rank = torch.arange(1, width + 1, device=hits.device)
     relevant = hits[:, :width] & (rank <= r[:, None])
