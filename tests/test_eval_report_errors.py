@@ -118,3 +118,14 @@ def test_report_names_a_malformed_overrides_yaml(text, tmp_path, capsys):
     overrides.write_text(text)
     line = one_line_error(capsys, dml_report, [str(tmp_path)])
     assert line.startswith(f"error: {overrides} ")
+
+
+def test_report_show_needs_one_finished_run(tmp_path, capsys):
+    sweep = finished_sweep(tmp_path / "sweep")
+    line = one_line_error(capsys, dml_report, [str(sweep), "--show", "4"])
+    assert line == (f"error: --show draws the retrieval grid of one finished run: pass its "
+                    f"directory (holding metrics.json), not {sweep}")
+    line = one_line_error(capsys, dml_report, [str(sweep / "0"), "--show", "4"])
+    assert line == (f"error: {sweep / '0'} has no selected checkpoint to draw from (its "
+                    "metrics.json names none)")
+    assert not (sweep / "report").exists() and not (sweep / "0" / "report").exists()

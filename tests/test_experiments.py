@@ -198,6 +198,7 @@ ONE_STEP = [
     "trainer.enable_progress_bar=false",
     "logger=csv",
     "++callbacks.triplet_diagram=null",  # figures cost more than the step itself
+    "eval.show=0",
 ]
 # The miniature Omniglot merges into 4 training classes: hold out one (0.1 of 4 rounds to 0).
 EXTRA = {"fair_omniglot_merged": ["data.val_holdout=1"]}

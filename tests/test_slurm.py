@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
 
 FAST = ["data=synthetic", "logger=csv", "trainer.enable_progress_bar=false",
-        "callbacks.triplet_diagram=null", "module.nmi=false"]
+        "callbacks.triplet_diagram=null", "module.nmi=false", "eval.show=0"]
 ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=10"]
 GATE = ["+callbacks.gate._target_=tests.test_slurm.Gate", "+callbacks.gate.run_dir=${run_dir}"]

@@ -22,6 +22,7 @@ SWEEP = [
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "module.nmi=false",
+    "eval.show=0",
     "++callbacks.triplet_diagram._target_=dml.train.callbacks.triplet_diagram.TripletDiagram",
     "++callbacks.triplet_diagram.bins=20",
     f"loss={','.join(STRATEGIES)}",

@@ -36,6 +36,7 @@ def test_run_writes_metrics_checkpoints_logs_and_config(trained):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
     assert "backbone: resnet10t" in (run_dir / "config.yaml").read_text()
+    assert not (run_dir / "retrieval_grid.png").exists()  # eval.show=0: no grid
     assert not list((run_dir / "checkpoints").glob(".*tmp"))  # atomic writes leave no temp files
 
 

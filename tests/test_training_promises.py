@@ -317,6 +317,8 @@ def test_resume_from_a_truncated_checkpoint_names_it(tmp_path):
         (["data.batch_p=1"], "data.batch_p=1 classes"),
         (["optimizer.lr=-1"], "optimizer: Invalid learning rate: -1"),
         (["module.eval_ks=[0,100]"], r"module.eval_ks must be a list of positive integers"),
+        (["eval.show=-1"], r"eval.show must be an integer >= 0 \(the queries of the end-of-run"),
+        (["eval.show=4", "eval.show_k=0"], r"eval.show_k must be an integer >= 1"),
     ],
 )
 def test_configs_that_cannot_train_fail_before_training(tmp_path, overrides, message):

@@ -123,9 +123,9 @@ def test_logs_image_only_to_wandb_loggers(tmp_path: Path) -> None:
             raise AssertionError("only W&B loggers receive the image")
 
     wandb = FakeWandb()
-    log_image_to_wandb([Other(), wandb], tmp_path / "x.png", step=7)
+    log_image_to_wandb([Other(), wandb], tmp_path / "x.png", step=7, key="triplet_diagram")
     assert wandb.calls == [("triplet_diagram", [str(tmp_path / "x.png")], 7)]
-    log_image_to_wandb([], tmp_path / "x.png", step=7)  # no logger: no-op
+    log_image_to_wandb([], tmp_path / "x.png", step=7, key="triplet_diagram")  # no logger: no-op
 
 
 @pytest.mark.parametrize("epochs", [None, [1]])

@@ -20,6 +20,7 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "module.nmi=false",
+    "eval.show=0",  # the end-of-run retrieval grid costs more than a tiny run's test
 ]
 
 

@@ -164,29 +164,6 @@ def check_show(args: argparse.Namespace) -> None:
     check_output(args.show_path)
 
 
-def write_retrieval_grid(
-    args: argparse.Namespace, datamodule: DMLDataModule, parts: list[tuple[Tensor, Tensor]]
-) -> None:
-    """Draw ``--show`` queries of the evaluated split (``parts``: the module's embeddings and
-    labels of its loaders) into ``--show-path``, and write the grid's table next to it."""
-    from dml.eval.retrieval_grid import draw_retrieval_grid, retrieval_grid
-
-    names = ("query", "gallery") if len(parts) == 2 else (args.split, args.split)
-    (q, ql), (g, gl) = parts[0], parts[-1]
-    grid = retrieval_grid(q, ql, *((g, gl) if len(parts) == 2 else (None, None)), n=args.show,
-                          k=args.show_k)
-    datasets = [datamodule.datasets[name] for name in names]
-
-    def opener(dataset):
-        return lambda i: datamodule.source.load(dataset.records[i].item)
-
-    draw_retrieval_grid(grid, opener(datasets[0]), opener(datasets[1]), args.show_path)
-    table = [{**row, "query_item": str(datasets[0].records[row["query"]].item)}
-             for row in grid.table()]
-    args.show_path.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
-    print(f"retrieval grid: {args.show_path}", file=sys.stderr)
-
-
 def one_shot_episodes(
     datamodule: DMLDataModule, split: str, n_way: int, episodes: int, seed: int
 ) -> tuple[Tensor, Tensor]:
@@ -241,7 +218,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
         metrics[f"one_shot@{args.one_shot}"] = one_shot_accuracy(embeddings, *episodes)
         metrics["one_shot_trials"] = episodes[0].numel()
     if args.show is not None:
-        write_retrieval_grid(args, datamodule, module.eval_embeddings["test"])
+        from dml.eval.retrieval_grid import write_retrieval_grid
+
+        write_retrieval_grid(datamodule, args.split, module.eval_embeddings["test"],
+                             args.show_path, args.show, args.show_k)
+        print(f"retrieval grid: {args.show_path}", file=sys.stderr)
     return metrics
 
 

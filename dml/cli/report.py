@@ -39,6 +39,11 @@ from two directories: such runs are never averaged together; each of the row's r
 with its directory instead, ``contrastive [dir=A]`` and ``contrastive [dir=B]``, and the header
 lists those rows.
 
+One run directory with ``--show N`` also gets the picture of what its model retrieves: N queries
+of ``--split`` with their top-``--show-k`` neighbours, drawn from the run's selected checkpoint
+exactly as ``dml-eval CKPT --show N`` draws them, into ``retrieval_grid.png`` (and its ``.json``
+table) in the output directory.
+
 The header lists the code the runs recorded (commit, ``+dirty``, or the installed version); a
 table whose runs were made by different code also gets a warning, printed to stderr too.
 """
@@ -76,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sct:nca_semihard loop_multisimilarity:multisimilarity")
     p.add_argument("--family", default="compared", metavar="NAME",
                    help="the name of the --compare family, e.g. claims (default: compared)")
+    p.add_argument("--show", type=int, metavar="N",
+                   help="one run directory: also draw N queries of --split with their top-k "
+                        "(dml-eval --show, from the run's selected checkpoint) to "
+                        "retrieval_grid.png")
+    p.add_argument("--show-k", type=int, default=5, metavar="K",
+                   help="neighbours per query in the --show grid (default: 5)")
     p.add_argument("--edge-fraction", type=float, default=EDGE_FRACTION, metavar="F",
                    help="studies: flag tuned values within this share of a search-range bound "
                         f"(default: {EDGE_FRACTION})")
@@ -110,6 +121,7 @@ def _report(args: argparse.Namespace) -> None:
     try:
         dirs = args.sweep_dirs or [latest_sweep()]
         pairs = [tuple(pair.split(":")) for pair in args.compare]
+        grid = grid_args(args, dirs) if args.show is not None else None
         if len(dirs) == 1 and find_studies(dirs[0]):  # tuned comparisons (dml-train -m search=)
             paths = make_study_report(dirs[0], args.out, args.metric, args.baseline, pairs,
                                       args.family, args.edge_fraction)
@@ -118,13 +130,37 @@ def _report(args: argparse.Namespace) -> None:
         report = make_report(dirs[0] if len(dirs) == 1 else dirs, args.out, paper=args.paper,
                              split=args.split, diagrams=args.diagrams, baseline=args.baseline,
                              metric=args.metric, compare=pairs, family_name=args.family)
+        if grid is not None:
+            from dml.cli.eval import evaluate
+
+            evaluate(grid)
     except (ReportError, UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.markdown.read_text())
     written = [report.markdown, report.table_csv, report.runs_csv, report.plot, report.diagrams,
-               report.comparisons, report.effects]
+               report.comparisons, report.effects, grid and grid.show_path]
     print("wrote " + ", ".join(str(p) for p in written if p is not None))
+
+
+def grid_args(args: argparse.Namespace, dirs: list[Path]) -> argparse.Namespace:
+    """``dml-eval``'s arguments that draw ``--show`` queries of the one run in ``dirs`` from its
+    selected checkpoint into the report's directory; checked before anything is written."""
+    from dml.cli.eval import check_show
+    from dml.cli.eval import parse_args as eval_args
+    from dml.errors import ConfigError
+    from dml.runs.records import selected_checkpoint
+
+    if len(dirs) != 1 or not (dirs[0] / "metrics.json").is_file():
+        given = " ".join(map(str, dirs))
+        raise ConfigError(f"--show draws the retrieval grid of one finished run: pass its "
+                          f"directory (holding metrics.json), not {given}")
+    path = (args.out or dirs[0] / "report") / "retrieval_grid.png"
+    grid = eval_args([str(selected_checkpoint(dirs[0])), "--split", args.split,
+                      "--show", str(args.show), "--show-k", str(args.show_k),
+                      "--show-path", str(path), "module.nmi=false"])
+    check_show(grid)
+    return grid
 
 
 if __name__ == "__main__":

@@ -5,14 +5,19 @@ of their top-k that share their label; among equal precision, the lower query in
 the rest at random (seeded) among the others, and returns their k-NN (:func:`dml.eval.exact_knn`,
 the k-NN of :func:`dml.eval.retrieval_metrics`). :func:`draw_retrieval_grid` draws it: one row
 per query, the query first (blue frame), then its neighbours best first, framed green when
-correct and red when wrong, each titled with its cosine similarity.
+correct and red when wrong, each titled with its cosine similarity. :func:`write_retrieval_grid`
+does both for an evaluated split of a data module, with the grid's table as JSON beside the PNG
+(``dml-eval --show``, the end of a ``dml-train`` run, ``dml-report RUN --show``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +28,9 @@ from PIL import Image
 from torch import Tensor
 
 from dml.eval.knn import exact_knn
+
+if TYPE_CHECKING:
+    from dml.data import DMLDataModule
 
 COLOURS = {"query": "#1f77b4", True: "#2ca02c", False: "#d62728"}
 
@@ -113,3 +121,30 @@ def draw_retrieval_grid(
                 spine.set_linewidth(3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def write_retrieval_grid(
+    datamodule: DMLDataModule,
+    split: str,
+    parts: list[tuple[Tensor, Tensor]],
+    path: Path,
+    n: int,
+    k: int,
+) -> RetrievalGrid:
+    """Draw ``n`` queries of the evaluated ``split`` with their top-``k`` into the PNG ``path``
+    and write the grid's table (with each query's item) to the ``.json`` beside it. ``parts``:
+    the module's ``(embeddings, labels)`` of the split's eval loaders in dataset order, one part
+    (leave-one-out) or two (query → gallery)."""
+    names = ("query", "gallery") if len(parts) == 2 else (split, split)
+    (q, ql), (g, gl) = parts[0], parts[-1]
+    grid = retrieval_grid(q, ql, *((g, gl) if len(parts) == 2 else (None, None)), n=n, k=k)
+    datasets = [datamodule.datasets[name] for name in names]
+
+    def opener(dataset):
+        return lambda i: datamodule.source.load(dataset.records[i].item)
+
+    draw_retrieval_grid(grid, opener(datasets[0]), opener(datasets[1]), path)
+    table = [{**row, "query_item": str(datasets[0].records[row["query"]].item)}
+             for row in grid.table()]
+    Path(path).with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    return grid

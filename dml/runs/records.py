@@ -166,6 +166,18 @@ def load_run(job_dir: Path, split: str = "test", strategy: str = UNKNOWN) -> Run
     )
 
 
+def selected_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished run selected (``metrics.json``'s ``checkpoint``: ``best.ckpt``,
+    or ``last.ckpt`` without validation), looked up in the run's own ``checkpoints/`` (the
+    directory may have moved since); a :class:`RunFileError` if there is none."""
+    selected = (read_run_file(run_dir / "metrics.json") or {}).get("checkpoint")
+    path = run_dir / "checkpoints" / Path(selected).name if selected else None
+    if path is None or not path.is_file():
+        missing = f"{path} is missing" if path else "its metrics.json names none"
+        raise RunFileError(f"{run_dir} has no selected checkpoint to draw from ({missing})")
+    return path
+
+
 def job_dirs(root: Path) -> list[Path]:
     """Every job directory under ``root`` (``root`` itself for a single run): those with a
     ``.hydra`` folder or a ``metrics.json``, in natural order (2 before 10)."""

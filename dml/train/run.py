@@ -34,6 +34,7 @@ from dml.train.callbacks.wall_clock import WallClock
 from dml.train.checkpoint_io import SafeCheckpointIO
 from dml.train.checkpointing import load_checkpoint_file
 from dml.train.module import DMLModule
+from dml.train.run_grid import final_split, grid_size, write_run_grid
 from dml.wandb_run import run_id
 
 
@@ -259,6 +260,7 @@ def check_accelerator(cfg: DictConfig) -> None:
 def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
     start = time.time()
     check_accelerator(cfg)
+    grid = grid_size(cfg)
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -300,10 +302,13 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
         result: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": selected}
         if reporter is not None:
             result["pruned_at"] = reporter.pruned_at
-        if has_val:
+        shown = final_split(cfg, has_val) if grid is not None else None
+        if has_val:  # the final evaluation keeps its embeddings for the grid (nothing re-embeds)
+            module.keep_eval_embeddings = shown == "val"
             trainer.validate(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
             result["val"] = module.eval_metrics.get("val", {})
         if cfg.get("test", True):
+            module.keep_eval_embeddings = shown == "test"
             trainer.test(module, datamodule=datamodule, ckpt_path=selected, verbose=False)
             result["test"] = module.eval_metrics.get("test", {})
         result["epochs"] = trainer.current_epoch
@@ -316,6 +321,10 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
                 f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.json'}\n"
                 f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"
             )
+            if shown is not None and module.eval_embeddings.get(shown):
+                path = write_run_grid(trainer, datamodule, shown, module.eval_embeddings[shown],
+                                      run_dir, grid)
+                print(f"  retrieval grid: {path}")
         return result
     except SIGTERMException:
         stop_interrupted(run_dir, trainer.current_epoch, primary)

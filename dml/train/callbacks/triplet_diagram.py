@@ -36,11 +36,15 @@ def render_triplet_diagram(hist: np.ndarray, edges: np.ndarray, title: str) -> F
     return fig
 
 
-def log_image_to_wandb(loggers: Iterable[Logger], path: Path, step: int) -> None:
-    """Log the PNG at ``path`` to every attached W&B logger (none attached: nothing happens)."""
+def log_image_to_wandb(
+    loggers: Iterable[Logger], path: Path, step: int, key: str, caption: str | None = None
+) -> None:
+    """Log the PNG at ``path`` as the ``wandb.Image`` ``key`` (with ``caption``) to every
+    attached W&B logger (none attached: nothing happens)."""
+    extra = {} if caption is None else {"caption": [caption]}
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key="triplet_diagram", images=[str(path)], step=step)
+            logger.log_image(key=key, images=[str(path)], step=step, **extra)
 
 
 class TripletDiagram(Callback):
@@ -98,4 +102,5 @@ class TripletDiagram(Callback):
         np.savez(stem.with_suffix(".npz"), hist=hist, edges=self.edges, epoch=epoch)
         figure = render_triplet_diagram(hist, self.edges, f"epoch {epoch}")
         figure.savefig(stem.with_suffix(".png"), dpi=100)
-        log_image_to_wandb(trainer.loggers, stem.with_suffix(".png"), trainer.global_step)
+        log_image_to_wandb(trainer.loggers, stem.with_suffix(".png"), trainer.global_step,
+                           key="triplet_diagram")
