@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from dml.cli.report import main as dml_report
+from dml.train.run import train
 
 from .grid_checks import assert_grid_is_knn
-from .training_utils import REPO, TINY
+from .training_utils import REPO, TINY, tiny_config
 from .wandb_offline import offline_runs, records
 
 N, K = 4, 3
@@ -74,3 +76,15 @@ def test_dml_report_draws_a_runs_grid_from_its_checkpoint(run, tmp_path, capsys)
     at_end = table(run / "retrieval_grid.png")  # the same checkpoint, split and seed
     assert [row["query"] for row in rows] == [row["query"] for row in at_end]
     assert_grid_is_knn(rows, run / "checkpoints" / "best.ckpt", k=K, worst=2)
+
+
+def test_a_run_without_test_draws_its_validation_grid(tmp_path):
+    cfg = tiny_config(tmp_path, "test=false", "trainer.max_epochs=1", "eval.show=2",
+                      "eval.show_k=2")
+    train(cfg)
+    rows = table(tmp_path / "retrieval_grid.png")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    val = [str(r.item) for r in datamodule.datasets["val"].records]
+    assert [row["kind"] for row in rows] == ["worst", "random"]
+    assert all(val[row["query"]] == row["query_item"] for row in rows)
