@@ -15,12 +15,21 @@ from dml.models import EmbeddingNet
 from dml.moved_targets import current_targets
 from dml.progress import progress_bar
 from dml.train.checkpointing import first_non_finite, load_checkpoint_file
-from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
+from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target, untrusted_target_under
+
+#: The parts of a run's config :func:`load_embedder` instantiates, and so the only ones whose
+#: ``_target_``\ s it checks: checking the trainer's callbacks and loggers or the DataModule
+#: would import Lightning, which using a trained model does not need.
+EMBEDDER_PARTS = ("model", "data.eval_transform")
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
+def load_checkpoint(
+    path: str | os.PathLike, parts: Sequence[str] | None = None
+) -> tuple[dict, DictConfig]:
     """The checkpoint dict and the resolved run config saved in it (code that has moved since it
-    was saved named by its current ``_target_``: :mod:`dml.moved_targets`).
+    was saved named by its current ``_target_``: :mod:`dml.moved_targets`). Every ``_target_``
+    in it is checked, or only those under the dotted keys ``parts`` (the parts the caller
+    instantiates).
 
     Loads with ``weights_only=True`` (:func:`dml.train.checkpointing.load_checkpoint_file`). Raises
     :class:`CheckpointError` for a missing, truncated, foreign or unsafe file, and for NaN or inf
@@ -39,13 +48,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, DictConfig]:
             "corrupted): use an earlier checkpoint"
         )
     # old checkpoints name moved code (dml.moved_targets): mapped before the trust check
-    return ckpt, stored_config(path, current_targets(ckpt["dml_config"]))
+    return ckpt, stored_config(path, current_targets(ckpt["dml_config"]), parts)
 
 
-def stored_config(path: str | os.PathLike, stored: object) -> DictConfig:
+def stored_config(
+    path: str | os.PathLike, stored: object, parts: Sequence[str] | None = None
+) -> DictConfig:
     """The config stored in the checkpoint at ``path``, resolved, once every ``_target_`` in it
-    (nested in dicts and lists, ``_partial_`` or not) is trusted (:mod:`dml.trusted_targets`):
-    nothing in it is instantiated before. Anything else is one :class:`CheckpointError`."""
+    (or in its dotted keys ``parts``; nested in dicts and lists, ``_partial_`` or not) is trusted
+    (:mod:`dml.trusted_targets`): nothing in it is instantiated before. Anything else is one
+    :class:`CheckpointError`."""
     try:
         resolved = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
     except Exception as e:  # OmegaConf raises many kinds on foreign data
@@ -54,7 +66,8 @@ def stored_config(path: str | os.PathLike, stored: object) -> DictConfig:
             f"{path}: its stored config does not resolve ({first}): pass a .ckpt written by "
             "dml-train"
         ) from None
-    found = untrusted_target(resolved)
+    found = untrusted_target(resolved) if parts is None else untrusted_target_under(resolved,
+                                                                                   parts)
     if found is not None:
         key, target = found
         if "${" in target:
@@ -107,7 +120,7 @@ def load_embedder(
     batch_size: int = 256,
 ) -> Embedder:
     """``embed = dml.load_embedder("run/checkpoints/best.ckpt"); z = embed([img1, img2])``."""
-    ckpt, cfg = load_checkpoint(checkpoint_path)
+    ckpt, cfg = load_checkpoint(checkpoint_path, EMBEDDER_PARTS)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return Embedder(net_from_checkpoint(ckpt, cfg), instantiate(cfg.data.eval_transform), device,
                     batch_size)

@@ -13,7 +13,7 @@ which a stored config cannot set.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -101,6 +101,19 @@ def untrusted_target(node: Any, path: str = "") -> tuple[str, str] | None:
         if key == "_target_" and not is_trusted(value):
             return where, str(value)
         found = untrusted_target(value, where)
+        if found is not None:
+            return found
+    return None
+
+
+def untrusted_target_under(node: Any, keys: Sequence[str]) -> tuple[str, str] | None:
+    """:func:`untrusted_target` of the parts of ``node`` at the dotted ``keys`` (the parts a
+    caller instantiates; an absent part passes), in order."""
+    for key in keys:
+        part = node
+        for name in key.split("."):
+            part = part.get(name) if isinstance(part, Mapping) else None
+        found = untrusted_target(part, key)
         if found is not None:
             return found
     return None

@@ -5,6 +5,8 @@ embedding is chunked and resumes after an interruption; bad inputs are one line.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,30 @@ def test_embed_index_search_returns_the_exact_knn(setup, capsys):
                       np.take_along_axis(scores, reference, 1)) <= SCORE_TOL
         assert (same | tied).all()
     assert np.abs(got_scores - np.take_along_axis(scores, got, 1)).max() <= SCORE_TOL
+
+
+def test_embed_index_search_import_no_lightning(setup, tmp_path):
+    """The deployment commands (a folder of images in, neighbours out) run without Lightning: a
+    deployment environment pays neither its import time nor its dependencies."""
+    image = setup["images"] / "class0" / "0.png"
+    code = """
+import sys
+from dml.cli.embed import main as embed
+from dml.cli.index import main as index
+from dml.cli.search import main as search
+ckpt, images, image, out = sys.argv[1:]
+embed([ckpt, "--images", images, "--out", f"{out}/embeddings"])
+index([f"{out}/embeddings", "--out", f"{out}/index"])
+search([f"{out}/index", image, "-k", "3"])
+import dml.deploy.export
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning"))
+assert not loaded, loaded[:3]
+"""
+    argv = [str(setup["ckpt"]), str(setup["images"]), str(image), str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hits = json.loads(proc.stdout[proc.stdout.index("[\n"):])[0]["neighbours"]
+    assert len(hits) == 3 and Path(hits[0]["path"]) == image  # the query finds itself
 
 
 def test_embedding_resumes_after_an_image_that_does_not_decode(setup, capsys):

@@ -7,13 +7,13 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from hydra.errors import InstantiationException
-
 from dml.errors import UserError
 
 
 def user_error(exc: BaseException | None) -> UserError | None:
     """The user-facing error behind ``exc`` (Hydra wraps errors raised while instantiating)."""
+    from hydra.errors import InstantiationException  # lazy: `dml-search --help` needs no Hydra
+
     while exc is not None:
         if isinstance(exc, UserError):
             return exc
