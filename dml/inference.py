@@ -15,7 +15,7 @@ from dml.models import EmbeddingNet
 from dml.moved_targets import current_targets
 from dml.progress import progress_bar
 from dml.train.checkpointing import first_non_finite, load_checkpoint_file
-from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target, untrusted_target_under
+from dml.trusted_targets import trusted_config
 
 #: The parts of a run's config :func:`load_embedder` instantiates, and so the only ones whose
 #: ``_target_``\ s it checks: checking the trainer's callbacks and loggers or the DataModule
@@ -58,26 +58,9 @@ def stored_config(
     (or in its dotted keys ``parts``; nested in dicts and lists, ``_partial_`` or not) is trusted
     (:mod:`dml.trusted_targets`): nothing in it is instantiated before. Anything else is one
     :class:`CheckpointError`."""
-    try:
-        resolved = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
-    except Exception as e:  # OmegaConf raises many kinds on foreign data
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(
-            f"{path}: its stored config does not resolve ({first}): pass a .ckpt written by "
-            "dml-train"
-        ) from None
-    found = untrusted_target(resolved) if parts is None else untrusted_target_under(resolved,
-                                                                                   parts)
-    if found is not None:
-        key, target = found
-        if "${" in target:
-            raise CheckpointError(f"{path}: its stored config holds an interpolation at {key} "
-                                  "that does not resolve to a value, so nothing was loaded")
-        raise CheckpointError(
-            f"{path}: its stored config names {key}={target!r}, not a dml or vetted library "
-            f"class, so nothing was loaded (your own code: add it to {USER_TRUSTED_VAR})"
-        )
-    return OmegaConf.create(resolved)
+    return OmegaConf.create(trusted_config(
+        stored, CheckpointError, f"{path}: its stored config", refused=", so nothing was loaded",
+        hint=": pass a .ckpt written by dml-train", parts=parts))
 
 
 def net_from_checkpoint(ckpt: dict, cfg: DictConfig) -> EmbeddingNet:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from importlib import import_module
 from typing import Any
 
+from omegaconf import OmegaConf
+
 #: Modules whose classes a stored config may instantiate (with the arguments it gives).
 TRUSTED_MODULES = (
     "dml.data",
@@ -106,14 +108,40 @@ def untrusted_target(node: Any, path: str = "") -> tuple[str, str] | None:
     return None
 
 
-def untrusted_target_under(node: Any, keys: Sequence[str]) -> tuple[str, str] | None:
-    """:func:`untrusted_target` of the parts of ``node`` at the dotted ``keys`` (the parts a
-    caller instantiates; an absent part passes), in order."""
-    for key in keys:
-        part = node
-        for name in key.split("."):
+
+def trusted_config(
+    config: Any,
+    error: type[Exception],
+    subject: str,
+    *,
+    refused: str = "",
+    hint: str = "",
+    parts: Sequence[str] | None = None,
+) -> Any:
+    """``config`` (an OmegaConf config or plain containers) resolved to plain containers, once
+    every ``_target_`` in it, or in its dotted keys ``parts`` (the parts the caller instantiates;
+    an absent one passes), is trusted. Otherwise one line as ``error``, beginning with
+    ``subject`` (``"run.ckpt: its stored config"``): ``{subject} does not resolve (why){hint}``,
+    ``{subject} holds an interpolation at KEY that does not resolve to a value{refused}`` or
+    ``{subject} names KEY='TARGET', not a dml or vetted library class{refused} (your own code:
+    add it to DML_TRUSTED_TARGETS)``."""
+    try:
+        resolved = OmegaConf.to_container(
+            config if OmegaConf.is_config(config) else OmegaConf.create(config), resolve=True)
+    except Exception as e:  # OmegaConf raises many kinds on foreign data
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise error(f"{subject} does not resolve ({first}){hint}") from None
+    found = None
+    for key in [""] if parts is None else parts:
+        part = resolved
+        for name in key.split(".") if key else ():
             part = part.get(name) if isinstance(part, Mapping) else None
-        found = untrusted_target(part, key)
-        if found is not None:
-            return found
-    return None
+        found = found or untrusted_target(part, key)
+    if found is not None:
+        key, target = found
+        if "${" in target:
+            raise error(f"{subject} holds an interpolation at {key} that does not resolve to a "
+                        f"value{refused}")
+        raise error(f"{subject} names {key}={target!r}, not a dml or vetted library class"
+                    f"{refused} (your own code: add it to {USER_TRUSTED_VAR})")
+    return resolved

@@ -35,23 +35,11 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
 def check_resumed_targets(cfg: DictConfig, run_dir: Path) -> None:
     """A config composed from another run directory's overrides names only trusted targets
     (:mod:`dml.trusted_targets`): checked before anything is instantiated."""
-    from omegaconf import OmegaConf
-
     from dml.errors import RunDirError
-    from dml.trusted_targets import USER_TRUSTED_VAR, untrusted_target
+    from dml.trusted_targets import trusted_config
 
-    try:
-        found = untrusted_target(OmegaConf.to_container(cfg, resolve=True))
-    except Exception as e:  # an interpolation its overrides made that does not resolve
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RunDirError(f"cannot resume {run_dir}: its config does not resolve "
-                          f"({first})") from None
-    if found is not None:
-        raise RunDirError(
-            f"cannot resume {run_dir}: with its .hydra/overrides.yaml the config names "
-            f"{found[0]}={found[1]!r}, not a dml or vetted library class (your own code: add it "
-            f"to {USER_TRUSTED_VAR})"
-        )
+    trusted_config(cfg, RunDirError, f"cannot resume {run_dir}: with its .hydra/overrides.yaml "
+                   "the config")
 
 
 def override_key(override: str) -> str:
