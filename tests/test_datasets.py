@@ -1,10 +1,12 @@
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from dml.data import DatasetError, DMLDataModule, Record, carve_validation
+from dml.data import archive as archive_module
 from dml.data.folder import CSVImages, ImageFolder
 from dml.data.image_io import load_image
 from dml.data.omniglot import Omniglot, merge_classes
@@ -29,10 +31,31 @@ def test_omniglot_splits_from_official_zips(omniglot_root: Path):
 
 def test_omniglot_extracts_once(omniglot_root: Path, tmp_path: Path):
     Omniglot().splits()
-    marker = tmp_path / "cache" / "omniglot" / "images_background" / ".extracted"
+    [marker] = (tmp_path / "cache" / "omniglot").glob("images_background.*/.extracted")
     stamp = marker.stat().st_mtime_ns
     Omniglot().splits()
     assert marker.stat().st_mtime_ns == stamp
+
+
+def test_unpacking_a_changed_archive_leaves_the_files_a_reader_holds(
+    omniglot_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run reading an unpacked archive keeps its files, untouched, while another process
+    unpacks a changed archive or fingerprints it differently (another dml version): each
+    unpacking has its own folder."""
+    held = [Path(r.item) for r in Omniglot().splits()["train"]]
+    before = {p: (p.stat().st_ino, p.read_bytes()) for p in held}
+    with zipfile.ZipFile(omniglot_root / "images_background.zip", "a") as z:
+        z.writestr("images_background/README.txt", "a new release\n")
+    changed = [Path(r.item) for r in Omniglot().splits()["train"]]
+    fingerprint = archive_module.archive_fingerprint
+    monkeypatch.setattr(archive_module, "archive_fingerprint",
+                        lambda path: [*fingerprint(path), "another version's field"])
+    other_version = [Path(r.item) for r in Omniglot().splits()["train"]]
+    assert {p: (p.stat().st_ino, p.read_bytes()) for p in held} == before
+    trees = {paths[0].parents[3] for paths in (held, changed, other_version)}
+    assert len(trees) == 3  # three unpackings, side by side
+    assert [p.read_bytes() for p in other_version] == [before[p][1] for p in held]
 
 
 def test_omniglot_missing_says_where_it_looked(tmp_path: Path, monkeypatch):

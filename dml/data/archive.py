@@ -58,26 +58,38 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
 
 
 def extract_once(archive: Path, dest: Path) -> Path:
-    """Unpack the zip ``archive`` into ``dest`` unless a finished unpacking of the same archive is
-    already there. Unpacks into a temporary sibling and renames it, so an interrupted run never
-    leaves a half-extracted folder that looks complete. Processes extracting the same ``dest``
-    at once take turns on a lock file next to it: one unpacks, the others reuse its result."""
+    """The folder holding the zip ``archive`` unpacked: ``dest.<key>``, named by the archive's
+    fingerprint (:func:`extraction_key`), unpacked unless a finished unpacking is already there.
+
+    Each fingerprint has its own folder, so unpacking a changed archive (or one a dml version
+    fingerprints differently) never touches a tree that another process is reading; the older
+    folders stay until someone deletes them. A folder is unpacked into a temporary sibling and
+    renamed when complete, so an interrupted run never leaves a half-extracted folder that looks
+    complete. Processes extracting into ``dest`` at once take turns on a lock file next to it:
+    one unpacks, the others reuse its result."""
     stamp = json.dumps(archive_fingerprint(archive)) + "\n"
-    if is_extracted(dest, stamp):
-        return dest
+    target = dest.with_name(f"{dest.name}.{extraction_key(stamp)}")
+    if is_extracted(target, stamp):
+        return target
     dest.parent.mkdir(parents=True, exist_ok=True)
     with locked(dest.with_name(f".{dest.name}.lock")):
-        if not is_extracted(dest, stamp):  # another process may have finished meanwhile
-            tmp = temporary_sibling(dest)
+        if not is_extracted(target, stamp):  # another process may have finished meanwhile
+            tmp = temporary_sibling(target)
             try:
                 unzip(archive, tmp)
                 (tmp / ".extracted").write_text(stamp)
-                if dest.exists():
-                    shutil.rmtree(dest)
-                os.replace(tmp, dest)
+                if target.exists():  # not a finished unpacking of this archive: no one reads it
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return target
+
+
+def extraction_key(stamp: str) -> str:
+    """The name of an archive's unpacked folder, from its fingerprint ``stamp``: 16 hex digits of
+    its SHA-256."""
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
 def is_extracted(dest: Path, stamp: str) -> bool:

@@ -6,7 +6,8 @@ the alphabet, so validation alphabets are disjoint from training alphabets.
 
 Expected layout: ``<root>/images_background.zip`` and ``<root>/images_evaluation.zip``, the
 official archives (``images_background/<Alphabet>/<characterNN>/<id>_<drawer>.png``). They are
-unpacked once into ``$DML_CACHE_DIR/omniglot``.
+unpacked once into ``$DML_CACHE_DIR/omniglot``, one folder per archive fingerprint
+(:func:`dml.data.archive.extract_once`).
 
 ``merge_characters=M`` builds a high intra-class-variance variant: each class is the union of M
 characters from M different alphabets of the same split (so train and test stay class-disjoint);
