@@ -4,8 +4,11 @@
 Products test split's shape), leave-one-out, Recall@1/10/100/1000 + MAP@R (+ R-precision).
 Each contender runs in its own process (time and peak RSS growth above the loaded embeddings):
 
-* ours:  ``dml.eval.retrieval_metrics`` (torch backend, exact, lowest-index tie rule);
-* faiss: ``IndexFlatIP.search`` with the same k (1000 neighbours + the query itself), k-NN only;
+* ours:  ``dml.eval.retrieval_metrics`` (torch backend, exact, lowest-index tie rule): it ranks
+  only the top max R (11 here) and reads Recall@K beyond it from each query's first relevant
+  item's rank, counted on the same scores, so it needs no top-1000;
+* faiss: ``IndexFlatIP.search`` with the k a faiss-based evaluator needs for these metrics (1000
+  neighbours + the query itself), k-NN only (the metrics themselves not computed);
 * PML:   ``AccuracyCalculator(k=1000)`` computing the same metrics (faiss k-NN inside).
 
 Bars: time <= 1.0x faiss, faster than PML, peak <= 2 GB. Usage:

@@ -125,6 +125,8 @@ def trusted_config(
     ``{subject} holds an interpolation at KEY that does not resolve to a value{refused}`` or
     ``{subject} names KEY='TARGET', not a dml or vetted library class{refused} (your own code:
     add it to DML_TRUSTED_TARGETS)``."""
+    if parts is not None and not parts:
+        raise ValueError("parts=() would check nothing: pass the parts instantiated, or None")
     try:
         resolved = OmegaConf.to_container(
             config if OmegaConf.is_config(config) else OmegaConf.create(config), resolve=True)

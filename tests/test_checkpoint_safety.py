@@ -203,6 +203,30 @@ def test_a_stored_config_naming_untrusted_code_runs_nothing(attack, checkpoint, 
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("where", ["loss", "callbacks", "data"])
+def test_untrusted_code_outside_the_embedder_is_refused_by_dml_eval(where, checkpoint, tmp_path,
+                                                                    capsys):
+    """load_embedder checks only what it builds (``model``, ``data.eval_transform``) and never
+    builds the rest; dml-eval builds the whole run, so it checks every part of the config."""
+    marker = tmp_path / "pwned"
+    source = tmp_path / "source.txt"
+    source.write_text("copied\n")
+    copy = {"_target_": "shutil.copyfile", "src": str(source), "dst": str(marker)}
+    changes, key = {
+        "loss": ({"loss": copy}, "loss._target_"),
+        "callbacks": ({"callbacks": {"evil": copy}}, "callbacks.evil._target_"),
+        "data": ({"data": {"evil": copy}}, "data.evil._target_"),
+    }[where]
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["dml_config"] = merged(ckpt["dml_config"], changes)
+    path = tmp_path / "attack.ckpt"
+    torch.save(ckpt, path)
+    message = f"{path}: its stored config names {key}='shutil.copyfile', not a dml or vetted"
+    assert eval_error(capsys, path).startswith(f"error: {message}")
+    assert dml.load_embedder(path, device="cpu")([]).shape == (0, 16)
+    assert not marker.exists()
+
+
 def test_every_target_in_the_configs_is_trusted():
     """A config added to conf/ that names a target outside the allow-list would make its runs'
     checkpoints unloadable: it fails here first."""
@@ -252,3 +276,10 @@ def test_using_a_trained_model_does_not_import_lightning():
     code = "import sys, dml.inference; assert 'lightning' not in sys.modules, 'imports lightning'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_checking_no_part_of_a_config_is_refused():
+    from dml.trusted_targets import trusted_config
+
+    with pytest.raises(ValueError, match="would check nothing"):
+        trusted_config({"model": {"_target_": "os.system"}}, CheckpointError, "x", parts=())

@@ -318,3 +318,22 @@ def test_no_query_with_a_relevant_item_gives_nan():
 def test_metrics_reject_bad_input(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(*args, **kwargs)
+
+
+@pytest.mark.parametrize("rows", [15, 17, 33])
+def test_chunks_cut_by_the_memory_budget_give_the_reference(rows, monkeypatch):
+    # The budget decides the chunk rows (rounded down to a multiple of 16 from 16 on): chunks of
+    # 15, 16 and 32 rows over 150 queries must not change a neighbour or a metric.
+    import dml.eval.knn as knn
+
+    rng = np.random.default_rng(6)
+    x, y = tied_embeddings(150, 16, rng), rng.integers(0, 60, 150)
+    n_pad = -(-150 // knn._block_size(150, 3)) * knn._block_size(150, 3)
+    monkeypatch.setattr(knn, "DEFAULT_MEMORY_BUDGET", rows * n_pad * 8)
+    scores = ref_scores(x, x)
+    unit = torch.nn.functional.normalize(torch.tensor(x), dim=1)  # exact: see the module doc
+    _, idx = exact_knn(unit, unit, 2, exclude_self=True)
+    assert idx.tolist() == [ref_ranking(scores, i, True)[:2] for i in range(150)]
+    ks = (1, 2, 5, 20, 60)
+    got = retrieval_metrics(torch.tensor(x), torch.tensor(y), ks=ks)
+    assert got == pytest.approx(ref_metrics(x, y, None, None, ks), rel=1e-12, abs=1e-12)

@@ -88,3 +88,14 @@ def test_a_run_without_test_draws_its_validation_grid(tmp_path):
     val = [str(r.item) for r in datamodule.datasets["val"].records]
     assert [row["kind"] for row in rows] == ["worst", "random"]
     assert all(val[row["query"]] == row["query_item"] for row in rows)
+
+
+def test_a_grid_that_cannot_be_drawn_warns_and_the_run_still_succeeds(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("dml.train.run.write_run_grid", broken)
+    cfg = tiny_config(tmp_path, "test=false", "trainer.max_epochs=1", "eval.show=2")
+    with pytest.warns(RuntimeWarning, match="retrieval grid not drawn: No space left on device"):
+        result = train(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text())["val"] == result["val"]

@@ -29,7 +29,7 @@ def archive_fingerprint(path: Path) -> list:
     """What identifies an archive's content: its path, size, modification time (ns) and MD5.
     Its unpacked copy (:func:`extract_once`) and the tensor cache built from it
     (:meth:`dml.data.omniglot.Omniglot.fingerprint`) are both keyed on it, so a changed archive
-    refreshes both layers, even if its size and time were kept."""
+    gets a new unpacked folder and a new tensor cache, even if its size and time were kept."""
     st = path.stat()
     return [str(path), st.st_size, st.st_mtime_ns, md5sum(path)]
 

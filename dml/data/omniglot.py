@@ -114,7 +114,7 @@ class Omniglot(DatasetSource):
     def fingerprint(self, records: list[Record]) -> list:
         """The extracted files' sizes and times (:meth:`DatasetSource.fingerprint`) and each
         archive's size, modification time and MD5: a changed archive invalidates the tensor cache
-        even where its unpacked copy was not refreshed."""
+        (its new unpacking has new paths too)."""
         archives = []
         for stem in SPLITS.values():
             path = self.root / f"{stem}.zip"

@@ -163,6 +163,12 @@ def iter_knn(
         raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
 
 
+def rows_within_budget(n: int) -> int:
+    """Rows of ``n`` scores that a pass needing ~16 bytes per score (a gathered float row plus
+    its temporaries) can take at once within :data:`DEFAULT_MEMORY_BUDGET`; at least 1."""
+    return max(1, DEFAULT_MEMORY_BUDGET // (16 * n))
+
+
 def _rows_per_chunk(chunk_size: int | None, n_queries: int, row_bytes: int) -> int:
     if chunk_size is None:
         chunk_size = max(1, DEFAULT_MEMORY_BUDGET // row_bytes)
@@ -185,8 +191,8 @@ def _torch_chunks(
     if n_pad > n:
         gallery = torch.cat([gallery, gallery.new_zeros(n_pad - n, gallery.shape[1])])
     rows = _rows_per_chunk(chunk_size, query.shape[0], n_pad * gallery.element_size())
-    if chunk_size is None and rows < query.shape[0]:
-        rows = max(1, rows // 16 * 16)  # the buffer's rows 64-byte aligned: 1.2-1.3x faster mm
+    if chunk_size is None and 16 <= rows < query.shape[0]:
+        rows = rows // 16 * 16  # the buffer's rows 64-byte aligned: 1.2-1.3x faster mm
     buffer = query.new_empty(rows * n_pad)
     for start in range(0, query.shape[0], rows):
         q = query[start : start + rows]
@@ -237,7 +243,7 @@ def _apply_tie_rule(
         idx[rows] = torch.add(idx[rows], run, alpha=n).sort(dim=1).values % n
         rows = rows[equal_next[:, k - 1]] if vals.shape[1] > k else rows[:0]
         if rows.numel():
-            for part in rows.split(max(1, DEFAULT_MEMORY_BUDGET // (16 * n))):
+            for part in rows.split(rows_within_budget(n)):
                 part_vals, part_idx = _lowest_index_topk(full_rows(part), k)
                 vals[part, :k], idx[part, :k] = part_vals, part_idx
     return vals[:, :k], idx[:, :k]

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml.eval.knn import (
-    DEFAULT_MEMORY_BUDGET,
     ArrayLike,
     Backend,
     as_embeddings,
     as_labels,
     iter_knn,
+    rows_within_budget,
 )
 
 
@@ -110,7 +110,8 @@ def retrieval_metrics(
     ):
         rows = slice(chunk.start, chunk.start + chunk.indices.shape[0])
         hits = g_ids[chunk.indices] == q_ids[rows, None]
-        first = _first_hit_rank(hits, r[rows], q_ids[rows], chunk.scores, members)
+        scores = chunk.scores if max(ks) > k else None  # else the top-k holds every K asked
+        first = _first_hit_rank(hits, r[rows], q_ids[rows], scores, members)
         totals += _chunk_sums(hits, first, r[rows], ks)
     means = (totals / n_valid).tolist()
     return {**dict(zip(names, means, strict=True)), "num_queries": float(n_valid)}
@@ -135,8 +136,8 @@ def _first_hit_rank(
 
     Within the top-k it is read from ``hits``. Otherwise (rows with ``r > 0``) it is counted on
     the full score rows: for the relevant item ``j*`` of largest score ``p`` (lowest index among
-    equal ones), ``rank = #{j: s_j > p} + #{j < j*: s_j = p}``. Without ``scores`` (faiss) such
-    rows get rank ``k``: the top-k already reaches every K asked for.
+    equal ones), ``rank = #{j: s_j > p} + #{j < j*: s_j = p}``. Without ``scores`` (the faiss
+    backend, or no K beyond the top-k) such rows get rank ``k``: the top-k reaches every K.
     """
     k = hits.shape[1]
     rank = torch.where(hits.any(dim=1), hits.to(torch.int8).argmax(dim=1), k)
@@ -145,7 +146,7 @@ def _first_hit_rank(
         return rank
     order, first, count = members
     n = scores.shape[1]
-    for part in missed.split(max(1, DEFAULT_MEMORY_BUDGET // (16 * n))):
+    for part in missed.split(rows_within_budget(n)):
         cls = q_ids[part]
         offsets = torch.arange(int(count[cls].max()), device=part.device)
         inside = offsets < count[cls, None]
@@ -155,7 +156,8 @@ def _first_hit_rank(
         p = relevant.amax(dim=1, keepdim=True)
         j_star = cols.masked_fill(relevant != p, n).amin(dim=1, keepdim=True)
         before = torch.arange(n, device=s.device) < j_star
-        rank[part] = ((s > p).sum(dim=1) + ((s == p) & before).sum(dim=1)).to(rank.dtype)
+        above = (s > p).sum(dim=1, dtype=torch.int32)
+        rank[part] = (above + ((s == p) & before).sum(dim=1, dtype=torch.int32)).to(rank.dtype)
     return rank
 
 

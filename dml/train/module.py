@@ -101,8 +101,9 @@ class DMLModule(L.LightningModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, global_batch_buffer_names(self))
         self.eval_metrics: dict[str, dict[str, float]] = {}
-        #: True (dml-eval --one-shot): :meth:`_evaluate` also keeps the ``(embeddings, labels)``
-        #: of each eval loader, in dataset order, in ``eval_embeddings["val" | "test"]``.
+        #: True (dml-eval --one-shot and --show, the end-of-run retrieval grid): :meth:`_evaluate`
+        #: also keeps the ``(embeddings, labels)`` of each eval loader, in dataset order, in
+        #: ``eval_embeddings["val" | "test"]``.
         self.keep_eval_embeddings = False
         self.eval_embeddings: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._outputs: dict[int, list[tuple[torch.Tensor, ...]]] = defaultdict(list)

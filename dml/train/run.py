@@ -322,9 +322,13 @@ def _run(cfg: DictConfig, run_dir: Path, primary: bool) -> dict[str, Any]:
                 f"  checkpoint: {selected}\n  logs: {run_dir / 'csv'}"
             )
             if shown is not None and module.eval_embeddings.get(shown):
-                path = write_run_grid(trainer, datamodule, shown, module.eval_embeddings[shown],
-                                      run_dir, grid)
-                print(f"  retrieval grid: {path}")
+                try:  # a picture: failing to draw it must not fail a finished, recorded run
+                    path = write_run_grid(trainer, datamodule, shown,
+                                          module.eval_embeddings[shown], run_dir, grid)
+                    print(f"  retrieval grid: {path}")
+                except Exception as err:
+                    warnings.warn(f"retrieval grid not drawn: {err}", RuntimeWarning,
+                                  stacklevel=1)
         return result
     except SIGTERMException:
         stop_interrupted(run_dir, trainer.current_epoch, primary)
