@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -78,6 +79,14 @@ def test_killed_run_resumes_exactly(trained, tmp_path):
     # the run's wall time counts the killed process up to its last checkpoint, then this one
     assert 0 < before < resumed["callbacks"]["WallClock"]["elapsed_s"]
     assert resumed["callbacks"]["WallClock"]["elapsed_s"] <= result["wall_time_s"] + 0.05  # 0.1 s
+
+
+def test_wall_time_counts_the_final_evaluation_once(tmp_path):
+    # The final validate/test reload this process's own checkpoint: its saved elapsed time must
+    # not be added again (it was: a run recorded about twice its time).
+    started = time.time()
+    result = train(tiny_config(tmp_path, "trainer.max_epochs=1"))
+    assert 0 < result["wall_time_s"] <= time.time() - started + 0.05  # rounded to 0.1 s
 
 
 def test_resume_argv_reuses_the_runs_overrides(tmp_path):
