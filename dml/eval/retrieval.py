@@ -102,7 +102,8 @@ def retrieval_metrics(
     # torch: the top-R_max ranked; a Recall@K beyond it comes from the first hit's rank, counted
     # on the chunk's score rows. faiss has no score rows: its top-k reaches the largest K.
     k = width if backend == "torch" else min(max(*ks, width), available)
-    members = _class_members(g_ids, classes.numel())
+    beyond = max(ks) > k  # some Recall@K needs the first hit's rank beyond the top-k
+    members = _class_members(g_ids, classes.numel()) if beyond else None
 
     totals = torch.zeros(len(ks) + 2, dtype=torch.float64, device=query.device)
     for chunk in iter_knn(
@@ -110,7 +111,7 @@ def retrieval_metrics(
     ):
         rows = slice(chunk.start, chunk.start + chunk.indices.shape[0])
         hits = g_ids[chunk.indices] == q_ids[rows, None]
-        scores = chunk.scores if max(ks) > k else None  # else the top-k holds every K asked
+        scores = chunk.scores if beyond else None
         first = _first_hit_rank(hits, r[rows], q_ids[rows], scores, members)
         totals += _chunk_sums(hits, first, r[rows], ks)
     means = (totals / n_valid).tolist()
@@ -130,7 +131,7 @@ def _first_hit_rank(
     r: Tensor,
     q_ids: Tensor,
     scores: Tensor | None,
-    members: tuple[Tensor, Tensor, Tensor],
+    members: tuple[Tensor, Tensor, Tensor] | None,
 ) -> Tensor:
     """0-based rank of each query's first relevant item in the (score desc, index asc) order.
 
@@ -142,7 +143,7 @@ def _first_hit_rank(
     k = hits.shape[1]
     rank = torch.where(hits.any(dim=1), hits.to(torch.int8).argmax(dim=1), k)
     missed = ((rank == k) & (r > 0)).nonzero().squeeze(1)
-    if scores is None or missed.numel() == 0:
+    if scores is None or members is None or missed.numel() == 0:
         return rank
     order, first, count = members
     n = scores.shape[1]
