@@ -170,6 +170,10 @@ CASES: dict[str, tuple[Callable[[], LoOpLoss], Callable[..., Tensor]]] = {
         lambda: LoOpMultiSimilarityLoss(alpha=2.0, beta=10.0, base=0.3, epsilon=0.3),
         lambda x, y: ref_multisimilarity(x, y, 2.0, 10.0, 0.3, 0.3),
     ),
+    "multisimilarity_base_above_1": (
+        lambda: LoOpMultiSimilarityLoss(alpha=2.0, beta=10.0, base=1.3, epsilon=0.3),
+        lambda x, y: ref_multisimilarity(x, y, 2.0, 10.0, 1.3, 0.3),
+    ),
     "lifted": (
         lambda: LoOpLiftedStructureLoss(margin=0.5),
         lambda x, y: ref_lifted(x, y, 0.5),

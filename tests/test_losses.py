@@ -203,6 +203,10 @@ def pair_cases() -> dict[str, Case]:
             lambda d=d: MultiSimilarityLoss(2.0, 10.0, 0.5, MultiSimilarityMiner(0.3, d)),
             lambda x, lab, d=d: ref_ms(x, lab, 2.0, 10.0, 0.5, 0.3, d),
         )
+    cases["ms-base-above-1"] = (  # λ beyond every cosine: a searched setting (issue 23)
+        lambda: MultiSimilarityLoss(2.0, 10.0, 1.3, MultiSimilarityMiner(0.3, "cosine")),
+        lambda x, lab: ref_ms(x, lab, 2.0, 10.0, 1.3, 0.3, "cosine"),
+    )
     return cases
 
 

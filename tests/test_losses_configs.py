@@ -170,7 +170,7 @@ BAD_VALUES = [
     ),
     ("multisimilarity", ["loss.alpha=0"], "loss.alpha must be > 0, got 0"),
     ("multisimilarity", ["loss.beta=-50"], "loss.beta must be > 0, got -50"),
-    ("multisimilarity", ["loss.base=2"], "loss.base must be in [-1, 1], got 2"),
+    ("multisimilarity", ["loss.base=2.5"], "loss.base must be in [-2, 2], got 2.5"),
     ("multisimilarity", ["loss.miner.epsilon=-0.1"], "loss.miner.epsilon must be >= 0, got -0.1"),
     ("loop_triplet", ["loss.margin=-1e-5"], "loss.margin must be >= 0, got -1e-05"),
     (
@@ -184,7 +184,7 @@ BAD_VALUES = [
     ("loop_contrastive", ["loss.neg_margin=-0.5"], "loss.neg_margin must be >= 0, got -0.5"),
     ("loop_multisimilarity", ["loss.alpha=-2"], "loss.alpha must be > 0, got -2"),
     ("loop_multisimilarity", ["loss.beta=0"], "loss.beta must be > 0, got 0"),
-    ("loop_multisimilarity", ["loss.base=-1.5"], "loss.base must be in [-1, 1], got -1.5"),
+    ("loop_multisimilarity", ["loss.base=-2.1"], "loss.base must be in [-2, 2], got -2.1"),
     ("loop_multisimilarity", ["loss.epsilon=-0.1"], "loss.epsilon must be >= 0, got -0.1"),
     ("loop_lifted", ["loss.margin=-1"], "loss.margin must be >= 0, got -1"),
 ]
@@ -241,8 +241,8 @@ def test_impossible_hyperparameters_raise_a_config_error(name, overrides, messag
         ("sct", ["loss.lam=0", "loss.hard_threshold=-1"]),
         ("sct", ["loss.hard_threshold=1"]),
         ("contrastive", ["loss.distance=cosine", "loss.pos_margin=1.0", "loss.neg_margin=-0.5"]),
-        ("multisimilarity", ["loss.miner.epsilon=0", "loss.base=-1"]),
-        ("loop_multisimilarity", ["loss.epsilon=0", "loss.base=1"]),
+        ("multisimilarity", ["loss.miner.epsilon=0", "loss.base=-2"]),
+        ("loop_multisimilarity", ["loss.epsilon=0", "loss.base=2"]),
     ],
 )
 def test_boundary_hyperparameters_are_legal(name, overrides) -> None:

@@ -13,10 +13,15 @@ from dml.miners.multisimilarity import MultiSimilarityMiner
 
 
 def check_ms_parameters(alpha: float, beta: float, base: float) -> None:
-    """:class:`~dml.errors.ConfigError` unless α > 0, β > 0 and λ (``base``) is in [-1, 1]."""
+    """:class:`~dml.errors.ConfigError` unless α > 0, β > 0 and λ (``base``) is in [-2, 2].
+
+    λ is a threshold on cosines, but not bounded by them: at λ > 1 every positive pair pays and
+    each negative's term shrinks as exp(-β (λ - S)), a legal trade between the two terms that a
+    search may choose. |λ| > 2 puts every cosine more than 1 away from it and is refused as a
+    likely typo (e.g. a β value in ``loss.base``)."""
     check_range("loss.alpha", alpha, 0, strict=True)
     check_range("loss.beta", beta, 0, strict=True)
-    check_range("loss.base", base, -1, 1)
+    check_range("loss.base", base, -2, 2)
 
 
 def _pair_mask(like: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -33,7 +38,8 @@ class MultiSimilarityLoss(PairLoss):
 
     with P_i / N_i the positive / negative pairs of anchor i kept by ``miner`` (default the
     paper's pair mining, :class:`~dml.miners.MultiSimilarityMiner` with ε = 0.1). Defaults
-    α = 2, β = 50, λ = 0.5 (``base``); α, β > 0 and λ in [-1, 1] (a cosine).
+    α = 2, β = 50, λ = 0.5 (``base``); α, β > 0 and λ in [-2, 2] (see
+    :func:`check_ms_parameters`).
     """
 
     def __init__(
