@@ -12,11 +12,8 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from dml.losses import SCTLoss
-from dml.train.callbacks.triplet_diagram import (
-    TripletDiagram,
-    log_image_to_wandb,
-    render_triplet_diagram,
-)
+from dml.train.callbacks.triplet_diagram import TripletDiagram, render_triplet_diagram
+from dml.train.wandb_image import log_image_to_wandb
 
 
 class ToyModule(LightningModule):

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from dml.config_checks import check_int
-from dml.train.callbacks.triplet_diagram import log_image_to_wandb
+from dml.train.wandb_image import log_image_to_wandb
 
 #: The grid's PNG in the run directory (its table: the ``.json`` of the same name).
 GRID_FILE = "retrieval_grid.png"

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import Logger, WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dml.report.diagrams import draw_triplet_diagram
+from dml.train.wandb_image import log_image_to_wandb
 
 _RANGE = (-1.0, 1.0)
 
@@ -34,17 +34,6 @@ def render_triplet_diagram(hist: np.ndarray, edges: np.ndarray, title: str) -> F
     ax.legend(loc="lower right", fontsize="small")
     fig.colorbar(image, ax=ax, label="triplets")
     return fig
-
-
-def log_image_to_wandb(
-    loggers: Iterable[Logger], path: Path, step: int, key: str, caption: str | None = None
-) -> None:
-    """Log the PNG at ``path`` as the ``wandb.Image`` ``key`` (with ``caption``) to every
-    attached W&B logger (none attached: nothing happens)."""
-    extra = {} if caption is None else {"caption": [caption]}
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=step, **extra)
 
 
 class TripletDiagram(Callback):
