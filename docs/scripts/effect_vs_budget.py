@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     data = sorted(read(spec, args.family) for spec in args.budgets)
     names = list(dict.fromkeys(f"{r['row']} − {r['baseline']}" for _, rows in data for r in rows))
-    fig = Figure(figsize=(6, 3.5))
+    fig = Figure(figsize=(8, 3.5))
     ax = fig.add_subplot()
     table = [(name, epochs, r) for name in names for epochs, rows in data for r in rows
              if f"{r['row']} − {r['baseline']}" == name]
@@ -68,7 +68,7 @@ def main() -> None:
     ax.set_xlabel("training budget (epochs)")
     ax.set_ylabel("difference (points) [95 % CI]")
     ax.set_title(f"family {args.family}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside: never on a line
     fig.tight_layout()
     FigureCanvasAgg(fig).print_png(str(args.out))
     print(f"wrote {args.out}")
